@@ -213,7 +213,7 @@ def raw_seed(key: Ed25519PrivateKey) -> bytes:
 def ed25519_verify(public: Ed25519PublicKey, msg: bytes, sig: bytes, *, what: str) -> None:
     """Verify an Ed25519 signature; every failure is a SignatureError."""
     if len(sig) != ED25519_SIGNATURE_SIZE:
-        raise SignatureError(f"{what}: Ed25519 signature must be 64 bytes")
+        raise SignatureError(f"{what}: invalid signature (not 64 bytes)")
     try:
         public.verify(sig, msg)
     except InvalidSignature as e:
