@@ -8,8 +8,9 @@ Tree heights between two tile levels are recomputed by hashing inside one tile. 
 Everything here is pure: the node first asks ``*_tiles()`` which tiles a computation needs, fetches
 them from its store, then hands them to the matching function as a ``{TileRef: bytes}`` mapping.  A
 missing tile or one of the wrong length is a :class:`~protocol.errors.FormatError`.  When an exact
-partial tile is missing the full tile at the same position is used instead, since a partial tile is
-a prefix of its full tile (tlog-tiles lets logs delete partial tiles once the full one exists).
+partial tile is missing, a wider (preferably full) tile at the same position is used instead: a
+partial tile is a prefix of every later version of it (tlog-tiles lets logs delete partial tiles
+once the full one exists, and a store may keep only the newest partial tile).
 """
 
 from __future__ import annotations
@@ -197,9 +198,13 @@ def right_edge_tiles(size: int) -> list[TileRef]:
 def _get_tile(tiles: Mapping[TileRef, bytes], ref: TileRef) -> bytes:
     data = tiles.get(ref)
     used = ref
-    if data is None and not ref.is_full:
-        used = ref.full()
-        data = tiles.get(used)
+    if data is None:
+        # Any wider tile at the same position starts with the same hashes: prefer the full tile.
+        for width in range(TILE_WIDTH, ref.width, -1):
+            used = TileRef(ref.level, ref.n, width, ref.is_entries)
+            data = tiles.get(used)
+            if data is not None:
+                break
     if data is None:
         raise FormatError(f"tile {ref.path()} is needed but was not supplied", field=ref.path())
     if not isinstance(data, bytes | bytearray) or len(data) != used.byte_length:
