@@ -1,0 +1,1 @@
+"""hashfed protocol: records, canonical JSON, Merkle logs, signed checkpoints; pure and offline."""
