@@ -1,0 +1,134 @@
+"""The node's storage interface: what every backend promises, in writing.
+
+One implementation, :class:`node.storage.sql.SqlStore`, serves both SQLite (embedded default) and
+PostgreSQL (several node processes sharing one database). Tests run the same suite on both.
+
+Contract of :class:`Store` (every backend must keep all of it):
+
+* **Durability.** When ``append`` returns, its records, their tiles, the new size and root are
+  committed in one transaction: a crash or ``kill -9`` at any moment leaves either all of it or none
+  of it. Nothing acknowledged is lost; nothing is stored twice.
+* **One sequencer at a time.** ``append`` and ``store_checkpoint`` hold an exclusive lock on the set
+  for the length of their transaction (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE``
+  on SQLite), so two processes can never assign the same index or sign two checkpoints for one size.
+* **Append-only.** A record's bytes and index never change once committed. Only the derived view
+  column (``revoked_by``) of an entry is ever updated, in the same transaction as the revocation.
+* **All or nothing per call.** If any revocation in ``items`` does not target an active entry of
+  the set, ``append`` raises :class:`node.errors.Conflict` and stores nothing.
+* **Idempotent entries.** An entry whose hash is already active in the set (or earlier in the same
+  call) is not appended again; its result says ``duplicate`` with the existing index.
+* **Checkpoints follow the tree.** ``store_checkpoint`` signs exactly the stored (size, root), and
+  only when the size grew past the last checkpoint; checkpoints are kept forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from protocol.merkle import leaf_hash
+from protocol.records import Attestation, Entry, Membership, Revocation, encode_record
+from protocol.tiles import TileRef
+
+AnyRecord = Entry | Revocation | Attestation | Membership
+
+
+def hash_key(hash_type: str, hash_value: str) -> bytes:
+    """The lookup key of a hash: first 16 bytes of SHA-256("type:value").
+
+    Fixed-size so that a 6,900-character vPDQ value indexes as cheaply as an MD5.
+    """
+    return hashlib.sha256(f"{hash_type}:{hash_value}".encode()).digest()[:16]
+
+
+@dataclass(frozen=True)
+class SetInfo:
+    id: int
+    name: str
+    origin: str
+    description: str
+    tlp: str
+    created: str
+    size: int
+    root: bytes
+    checkpoint: bytes | None
+    checkpoint_size: int
+
+
+@dataclass(frozen=True)
+class PreparedRecord:
+    """A validated record with everything the append transaction needs, computed outside it."""
+
+    record: AnyRecord
+    data: bytes
+    leaf_hash: bytes
+    hash_key: bytes | None
+
+    @classmethod
+    def of(cls, record: AnyRecord, data: bytes | None = None) -> PreparedRecord:
+        data = encode_record(record) if data is None else data
+        key = hash_key(record.hash.type, record.hash.value) if isinstance(record, Entry) else None
+        return cls(record=record, data=data, leaf_hash=leaf_hash(data), hash_key=key)
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    status: Literal["appended", "duplicate"]
+    index: int
+    record_id: str
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    set_name: str
+    origin: str
+    index: int
+    data: bytes
+    revoked_by: int | None
+
+
+#: signs checkpoint text for a set: (set origin, size, root) -> signed note bytes
+CheckpointSigner = Callable[[str, int, bytes], bytes]
+
+
+class Store(Protocol):
+    """Persistent state of a node. See the module docstring for the contract."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a trivial query."""
+
+    async def create_set(self, name: str, origin: str, tlp: str, description: str) -> SetInfo:
+        """Create an empty set; Conflict if the name or origin is taken."""
+
+    async def get_set(self, name: str) -> SetInfo:
+        """The set called ``name``; NotFound otherwise."""
+
+    async def list_sets(self) -> list[SetInfo]: ...
+
+    async def append(self, set_name: str, items: Sequence[PreparedRecord]) -> list[AppendResult]:
+        """Append records to the set's log (see contract). One result per item, in order."""
+
+    async def store_checkpoint(self, set_name: str, sign: CheckpointSigner) -> bytes | None:
+        """Sign and store a checkpoint if the tree grew; returns the new note, or None."""
+
+    async def checkpoint_at(self, set_id: int, size: int) -> bytes | None:
+        """The stored checkpoint note for exactly ``size``, if one was signed."""
+
+    async def read_tiles(self, set_id: int, refs: Sequence[TileRef]) -> dict[TileRef, bytes]:
+        """Hash tiles, each cut to ``ref.width`` hashes; refs the store cannot fill are absent."""
+
+    async def read_entries(self, set_id: int, start: int, count: int) -> list[bytes]:
+        """Leaf data of records ``start .. start+count-1`` (fewer if the log is shorter)."""
+
+    async def find_entries(
+        self, key: bytes, set_ids: Sequence[int] | None = None
+    ) -> list[StoredRecord]:
+        """Every entry with this hash key (in the given sets, or all), active or revoked."""
+
+    async def get_record(self, set_id: int, record_id: str) -> StoredRecord | None: ...
+
+    async def get_record_at(self, set_id: int, index: int) -> StoredRecord | None: ...

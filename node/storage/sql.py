@@ -1,0 +1,484 @@
+"""SQLAlchemy (async) implementation of the Store contract, for SQLite and PostgreSQL.
+
+SQLite: one file in WAL mode, ``synchronous=FULL`` (a commit survives power loss, not just a killed
+process), and every write transaction opened with ``BEGIN IMMEDIATE`` so that a writer holds the
+database lock from its first read: two writers can never both read size N and both append at N.
+
+PostgreSQL: every write transaction first takes ``SELECT ... FOR UPDATE`` on the set's row, which
+serializes sequencing of one set across any number of node processes while reads go on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import URL, Row, and_, bindparam, event, func, make_url, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from node.errors import Conflict, NotFound, SetupError, Unavailable
+from node.storage import (
+    AppendResult,
+    CheckpointSigner,
+    PreparedRecord,
+    SetInfo,
+    StoredRecord,
+    hash_key,
+)
+from node.storage import migrate as _migrate
+from node.storage.schema import checkpoints, records, sets, tiles
+from protocol import merkle
+from protocol import tiles as tlog
+from protocol.records import Entry, Revocation, timestamp
+from protocol.tiles import TileRef
+
+#: parameters per IN (...) list: far below SQLite's and asyncpg's limits
+_IN_CHUNK = 500
+
+
+def _chunks(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:
+    return [seq[i : i + n] for i in range(0, len(seq), n)]
+
+
+class SqlStore:
+    """A Store on SQLite or PostgreSQL. Build with :meth:`open`; schema via :func:`migrate`."""
+
+    def __init__(self, url: URL, read_engine: AsyncEngine, write_engine: AsyncEngine) -> None:
+        self.url = url
+        self._read = read_engine
+        self._write = write_engine
+        self.is_sqlite = url.get_backend_name() == "sqlite"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def engines(cls, database_url: str) -> SqlStore:
+        """Engines for the URL without checking the schema (for migrations)."""
+        try:
+            url = make_url(database_url)
+        except _SQLAlchemyError as e:
+            raise SetupError(f"invalid database URL: {e}") from e
+        backend = url.get_backend_name()
+        if backend == "sqlite":
+            read = create_async_engine(url, pool_size=4, max_overflow=4)
+            write = create_async_engine(url, pool_size=1, max_overflow=0)
+            _sqlite_pragmas(read, immediate=False)
+            _sqlite_pragmas(write, immediate=True)
+            return cls(url, read, write)
+        if backend == "postgresql":
+            if url.drivername == "postgresql":
+                url = url.set(drivername="postgresql+asyncpg")
+            engine = create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+            return cls(url, engine, engine)
+        raise SetupError(f"unsupported database {backend!r}: use sqlite or postgresql")
+
+    @classmethod
+    async def open(cls, database_url: str) -> SqlStore:
+        """Open a store whose schema is at the newest revision; SetupError otherwise."""
+        store = cls.engines(database_url)
+        try:
+            current = await _migrate.current_revision(store._write)
+        except (OSError, _SQLAlchemyError) as e:
+            await store.close()
+            raise SetupError(f"cannot open the database: {e}") from e
+        if current != _migrate.head_revision():
+            await store.close()
+            raise SetupError(
+                f"database schema is at revision {current or 'none'}, this hashfed needs "
+                f"{_migrate.head_revision()}: run 'hashfed db upgrade --data DIR'"
+            )
+        return store
+
+    async def migrate(self) -> None:
+        try:
+            await _migrate.upgrade(self._write)
+        except (OSError, _SQLAlchemyError) as e:
+            raise SetupError(f"cannot migrate the database: {e}") from e
+
+    async def close(self) -> None:
+        await self._read.dispose()
+        if self._write is not self._read:
+            await self._write.dispose()
+
+    async def ping(self) -> None:
+        try:
+            async with self._read.connect() as conn:
+                await conn.execute(select(1))
+        except (OSError, _SQLAlchemyError) as e:
+            raise Unavailable("database is not answering") from e
+
+    @asynccontextmanager
+    async def _write_tx(self) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self._write.begin() as conn:
+                yield conn
+        except OperationalError as e:
+            raise Unavailable(f"database write failed: {e.orig}") from e
+
+    # -- sets -----------------------------------------------------------------------------------
+
+    async def create_set(self, name: str, origin: str, tlp: str, description: str) -> SetInfo:
+        try:
+            async with self._write_tx() as conn:
+                await conn.execute(
+                    sets.insert().values(
+                        name=name,
+                        origin=origin,
+                        tlp=tlp,
+                        description=description,
+                        created=timestamp(),
+                        size=0,
+                        root=merkle.EMPTY_ROOT,
+                        checkpoint=None,
+                        checkpoint_size=0,
+                    )
+                )
+        except IntegrityError as e:
+            raise Conflict(f"a set called {name!r} already exists", field="name") from e
+        return await self.get_set(name)
+
+    async def get_set(self, name: str) -> SetInfo:
+        async with self._read.connect() as conn:
+            row = (await conn.execute(select(sets).where(sets.c.name == name))).first()
+        if row is None:
+            raise NotFound(f"no set called {name!r}", field="set")
+        return _set_info(row)
+
+    async def list_sets(self) -> list[SetInfo]:
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(select(sets).order_by(sets.c.name))).all()
+        return [_set_info(r) for r in rows]
+
+    async def _lock_set(self, conn: AsyncConnection, set_name: str) -> Row[Any]:
+        query = select(sets).where(sets.c.name == set_name)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(f"no set called {set_name!r}", field="set")
+        return row
+
+    # -- the sequencer's transaction --------------------------------------------------------------
+
+    async def append(self, set_name: str, items: Sequence[PreparedRecord]) -> list[AppendResult]:
+        if not items:
+            return []
+        async with self._write_tx() as conn:
+            row = await self._lock_set(conn, set_name)
+            set_id, size = int(row.id), int(row.size)
+
+            # 1. Which entries are already active in the set? (idempotent re-publication)
+            keys = list(
+                {it.hash_key for it in items if it.hash_key is not None}
+                | {
+                    hash_key(it.record.target_hash.type, it.record.target_hash.value)
+                    for it in items
+                    if isinstance(it.record, Revocation)
+                }
+            )
+            active: dict[bytes, int] = {}
+            for chunk in _chunks(keys, _IN_CHUNK):
+                result = await conn.execute(
+                    select(records.c.hash_key, records.c.idx).where(
+                        records.c.set_id == set_id,
+                        records.c.hash_key.in_(chunk),
+                        records.c.kind == "entry",
+                        records.c.revoked_by.is_(None),
+                    )
+                )
+                active.update({bytes(k): int(i) for k, i in result})
+
+            # 2. Which earlier entries do the revocations target?
+            targets = [it.record.target for it in items if isinstance(it.record, Revocation)]
+            found: dict[str, tuple[int, bytes | None, int | None]] = {}
+            for chunk in _chunks(targets, _IN_CHUNK):
+                result = await conn.execute(
+                    select(
+                        records.c.record_id, records.c.idx, records.c.hash_key,
+                        records.c.revoked_by,
+                    ).where(
+                        records.c.set_id == set_id,
+                        records.c.record_id.in_(chunk),
+                        records.c.kind == "entry",
+                    )
+                )
+                for r in result:
+                    key = bytes(r.hash_key) if r.hash_key is not None else None
+                    found[str(r.record_id)] = (int(r.idx), key, r.revoked_by)
+
+            # 3. Assign indices, in order, deciding duplicates and checking revocations.
+            results: list[AppendResult] = []
+            new_rows: list[dict[str, Any]] = []
+            leaf_hashes: list[bytes] = []
+            revoked: list[dict[str, Any]] = []
+            batch_entries: dict[str, tuple[int, bytes | None]] = {}
+            next_index = size
+            for it in items:
+                rec = it.record
+                if isinstance(rec, Entry):
+                    assert it.hash_key is not None
+                    existing = active.get(it.hash_key)
+                    if existing is not None:
+                        results.append(AppendResult("duplicate", existing, rec.id))
+                        continue
+                    active[it.hash_key] = next_index
+                    batch_entries[rec.id] = (next_index, it.hash_key)
+                elif isinstance(rec, Revocation):
+                    target_idx, target_key = self._revocation_target(rec, found, batch_entries)
+                    if active.get(target_key) != target_idx:
+                        raise Conflict(
+                            f"entry {rec.target} is already revoked", field="target"
+                        )
+                    del active[target_key]
+                    revoked.append({"b_set": set_id, "b_idx": target_idx, "b_by": next_index})
+                new_rows.append(
+                    {
+                        "set_id": set_id,
+                        "idx": next_index,
+                        "record_id": rec.id,
+                        "kind": rec.type,
+                        "hash_key": it.hash_key,
+                        "data": it.data,
+                        "revoked_by": None,
+                    }
+                )
+                leaf_hashes.append(it.leaf_hash)
+                results.append(AppendResult("appended", next_index, rec.id))
+                next_index += 1
+            if not new_rows:
+                return results
+
+            # 4. Records, view updates and tiles, all in this one transaction: a crash anywhere
+            # before COMMIT leaves the log exactly as it was; after it, all of it is there.
+            try:
+                await conn.execute(records.insert(), new_rows)
+            except IntegrityError as e:
+                raise Conflict("a record with this id is already in the set", field="id") from e
+            # Rows appended in this very batch get their revoked_by set after the insert.
+            if revoked:
+                await conn.execute(
+                    update(records)
+                    .where(
+                        and_(
+                            records.c.set_id == bindparam("b_set"),
+                            records.c.idx == bindparam("b_idx"),
+                        )
+                    )
+                    .values(revoked_by=bindparam("b_by")),
+                    revoked,
+                )
+            edge = await self._read_tiles(conn, set_id, tlog.right_edge_tiles(size))
+            changed = tlog.update_tiles(size, edge, leaf_hashes)
+            await self._upsert_tiles(conn, set_id, changed)
+            new_size = next_index
+            needed = [r for r in tlog.root_tiles(new_size) if r not in changed]
+            have = dict(changed)
+            have.update(await self._read_tiles(conn, set_id, needed))
+            root = tlog.root_from_tiles(new_size, have)
+            await conn.execute(
+                update(sets).where(sets.c.id == set_id).values(size=new_size, root=root)
+            )
+        return results
+
+    @staticmethod
+    def _revocation_target(
+        rec: Revocation,
+        found: dict[str, tuple[int, bytes | None, int | None]],
+        batch_entries: dict[str, tuple[int, bytes | None]],
+    ) -> tuple[int, bytes]:
+        if rec.target in batch_entries:
+            idx, key = batch_entries[rec.target]
+        elif rec.target in found:
+            idx, key, _ = found[rec.target]
+        else:
+            raise Conflict(f"no entry {rec.target} in this set to revoke", field="target")
+        if key is None or key != hash_key(rec.target_hash.type, rec.target_hash.value):
+            raise Conflict(
+                f"entry {rec.target} has a different hash than target_hash", field="target_hash"
+            )
+        return idx, key
+
+    async def _upsert_tiles(
+        self, conn: AsyncConnection, set_id: int, changed: dict[TileRef, bytes]
+    ) -> None:
+        rows = [
+            {"set_id": set_id, "level": ref.level, "n": ref.n, "data": data}
+            for ref, data in changed.items()
+        ]
+        stmt = (sqlite_insert if self.is_sqlite else pg_insert)(tiles)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["set_id", "level", "n"], set_={"data": stmt.excluded.data}
+        )
+        await conn.execute(stmt, rows)
+
+    async def store_checkpoint(self, set_name: str, sign: CheckpointSigner) -> bytes | None:
+        async with self._write_tx() as conn:
+            row = await self._lock_set(conn, set_name)
+            size = int(row.size)
+            if row.checkpoint is not None and size <= int(row.checkpoint_size):
+                return None
+            note = sign(str(row.origin), size, bytes(row.root))
+            await conn.execute(
+                checkpoints.insert().values(
+                    set_id=row.id, size=size, note=note, created=timestamp()
+                )
+            )
+            await conn.execute(
+                update(sets)
+                .where(sets.c.id == row.id)
+                .values(checkpoint=note, checkpoint_size=size)
+            )
+            return note
+
+    async def checkpoint_at(self, set_id: int, size: int) -> bytes | None:
+        async with self._read.connect() as conn:
+            note = (
+                await conn.execute(
+                    select(checkpoints.c.note).where(
+                        checkpoints.c.set_id == set_id, checkpoints.c.size == size
+                    )
+                )
+            ).scalar()
+        return None if note is None else bytes(note)
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def read_tiles(self, set_id: int, refs: Sequence[TileRef]) -> dict[TileRef, bytes]:
+        async with self._read.connect() as conn:
+            return await self._read_tiles(conn, set_id, refs)
+
+    @staticmethod
+    async def _read_tiles(
+        conn: AsyncConnection, set_id: int, refs: Sequence[TileRef]
+    ) -> dict[TileRef, bytes]:
+        wanted = {(r.level, r.n): r for r in refs}
+        out: dict[TileRef, bytes] = {}
+        for chunk in _chunks(list(wanted), _IN_CHUNK):
+            result = await conn.execute(
+                select(tiles.c.level, tiles.c.n, tiles.c.data).where(
+                    tiles.c.set_id == set_id, tuple_(tiles.c.level, tiles.c.n).in_(chunk)
+                )
+            )
+            for level, n, data in result:
+                ref = wanted[(int(level), int(n))]
+                if len(data) >= ref.byte_length:
+                    out[ref] = bytes(data[: ref.byte_length])
+        return out
+
+    async def read_entries(self, set_id: int, start: int, count: int) -> list[bytes]:
+        async with self._read.connect() as conn:
+            result = await conn.execute(
+                select(records.c.data)
+                .where(
+                    records.c.set_id == set_id,
+                    records.c.idx >= start,
+                    records.c.idx < start + count,
+                )
+                .order_by(records.c.idx)
+            )
+            return [bytes(d) for (d,) in result]
+
+    async def find_entries(
+        self, key: bytes, set_ids: Sequence[int] | None = None
+    ) -> list[StoredRecord]:
+        query = _stored_query().where(records.c.hash_key == key, records.c.kind == "entry")
+        if set_ids is not None:
+            query = query.where(records.c.set_id.in_(list(set_ids)))
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(query.order_by(sets.c.name, records.c.idx))).all()
+        return [_stored(r) for r in rows]
+
+    async def get_record(self, set_id: int, record_id: str) -> StoredRecord | None:
+        query = _stored_query().where(
+            records.c.set_id == set_id, records.c.record_id == record_id
+        )
+        async with self._read.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _stored(row)
+
+    async def get_record_at(self, set_id: int, index: int) -> StoredRecord | None:
+        query = _stored_query().where(records.c.set_id == set_id, records.c.idx == index)
+        async with self._read.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return None if row is None else _stored(row)
+
+    async def count_records(self, set_id: int) -> dict[str, int]:
+        """Records per kind, and active entries (for `set list` and metrics)."""
+        async with self._read.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(records.c.kind, func.count())
+                    .where(records.c.set_id == set_id)
+                    .group_by(records.c.kind)
+                )
+            ).all()
+            active = (
+                await conn.execute(
+                    select(func.count()).where(
+                        records.c.set_id == set_id,
+                        records.c.kind == "entry",
+                        records.c.revoked_by.is_(None),
+                    )
+                )
+            ).scalar_one()
+        out = {str(k): int(c) for k, c in rows}
+        out["active"] = int(active)
+        return out
+
+
+def _stored_query() -> Any:
+    return select(
+        sets.c.name, sets.c.origin, records.c.idx, records.c.data, records.c.revoked_by
+    ).join(sets, sets.c.id == records.c.set_id)
+
+
+def _stored(row: Row[Any]) -> StoredRecord:
+    return StoredRecord(
+        set_name=str(row.name),
+        origin=str(row.origin),
+        index=int(row.idx),
+        data=bytes(row.data),
+        revoked_by=None if row.revoked_by is None else int(row.revoked_by),
+    )
+
+
+def _set_info(row: Row[Any]) -> SetInfo:
+    return SetInfo(
+        id=int(row.id),
+        name=str(row.name),
+        origin=str(row.origin),
+        description=str(row.description),
+        tlp=str(row.tlp),
+        created=str(row.created),
+        size=int(row.size),
+        root=bytes(row.root),
+        checkpoint=None if row.checkpoint is None else bytes(row.checkpoint),
+        checkpoint_size=int(row.checkpoint_size),
+    )
+
+
+def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
+    """WAL, full durability, a busy timeout; and BEGIN IMMEDIATE for the writer engine.
+
+    pysqlite's own transaction handling is switched off (isolation_level=None) so that we emit
+    BEGIN ourselves: that is the documented SQLAlchemy recipe for SQLite's locking modes.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -1,0 +1,191 @@
+"""The Store contract, on real SQLite files and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+
+from node.errors import Conflict, NotFound, SetupError
+from node.storage import PreparedRecord, hash_key
+from node.storage.sql import SqlStore
+from protocol import merkle
+from protocol import tiles as tlog
+from protocol.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
+from protocol.note import Signer
+from protocol.records import Entry, decode_record, new_nonce, new_record_id, record_from_dict
+
+ORIGIN = "node.example/test"
+
+
+def make_entry(value: str | None = None) -> Entry:
+    rid = new_record_id()
+    rec = record_from_dict(
+        {
+            "type": "entry",
+            "id": rid,
+            "author": "org.example",
+            "created": "2026-11-26T00:00:00Z",
+            "nonce": new_nonce(),
+            "hash": {"type": "sha256", "value": value or os.urandom(32).hex()},
+            "media": "image",
+            "vetting": {"status": "confirmed", "reviews": 1},
+            "provenance": {"org": "org.example", "node": ORIGIN, "record": rid,
+                           "first_seen": "2026-11-26T00:00:00Z"},
+        }
+    )
+    assert isinstance(rec, Entry)
+    return rec
+
+
+def make_revocation(target: Entry, **extra: Any) -> PreparedRecord:
+    rec = record_from_dict(
+        {
+            "type": "revocation",
+            "id": new_record_id(),
+            "author": "org.example",
+            "created": "2026-11-26T00:00:00Z",
+            "nonce": new_nonce(),
+            "target": target.id,
+            "target_hash": {"type": target.hash.type, "value": target.hash.value},
+            "reason": "false_positive",
+            **extra,
+        }
+    )
+    return PreparedRecord.of(rec)
+
+
+async def open_store(url: str) -> SqlStore:
+    store = SqlStore.engines(url)
+    await store.migrate()
+    await store.close()
+    return await SqlStore.open(url)
+
+
+async def test_open_refuses_an_unmigrated_database(database_url: str) -> None:
+    with pytest.raises(SetupError, match="db upgrade"):
+        await SqlStore.open(database_url)
+
+
+async def test_append_tiles_root_and_checkpoint(database_url: str) -> None:
+    store = await open_store(database_url)
+    try:
+        info = await store.create_set("test", ORIGIN, "clear", "a test set")
+        assert info.size == 0 and info.root == merkle.EMPTY_ROOT
+        with pytest.raises(Conflict):
+            await store.create_set("test", ORIGIN + "2", "clear", "")
+        with pytest.raises(NotFound):
+            await store.get_set("nope")
+
+        prepared = [PreparedRecord.of(make_entry()) for _ in range(600)]
+        # several appends of awkward sizes, crossing tile boundaries
+        results = []
+        for lo, hi in [(0, 1), (1, 255), (255, 257), (257, 600)]:
+            results += await store.append("test", prepared[lo:hi])
+        assert [r.index for r in results] == list(range(600))
+        assert all(r.status == "appended" for r in results)
+
+        info = await store.get_set("test")
+        leaves = [p.leaf_hash for p in prepared]
+        assert info.size == 600
+        assert info.root == merkle.root_from_leaf_hashes(leaves)
+
+        # every tile at this size is stored and matches a from-scratch computation
+        refs = tlog.tiles_for_size(600)
+        got = await store.read_tiles(info.id, refs)
+        assert got == tlog.update_tiles(0, {}, leaves)
+        # entry bundles come back byte-exact
+        assert await store.read_entries(info.id, 256, 256) == [p.data for p in prepared[256:512]]
+
+        signer = Signer.generate(ORIGIN)
+
+        def sign(origin: str, size: int, root: bytes) -> bytes:
+            return sign_checkpoint(Checkpoint(origin, size, root), signer)
+
+        note = await store.store_checkpoint("test", sign)
+        assert note is not None
+        cp = verify_checkpoint(note, signer.verifier())
+        assert (cp.size, cp.root_hash) == (600, info.root)
+        assert await store.store_checkpoint("test", sign) is None  # nothing new to sign
+        assert await store.checkpoint_at(info.id, 600) == note
+    finally:
+        await store.close()
+
+
+async def test_duplicates_and_revocations(database_url: str) -> None:
+    store = await open_store(database_url)
+    try:
+        info = await store.create_set("s", ORIGIN, "green", "")
+        a, b = make_entry(), make_entry()
+        res = await store.append("s", [PreparedRecord.of(a), PreparedRecord.of(b)])
+        assert [r.index for r in res] == [0, 1]
+
+        # re-publishing the same hash (new record id) is a no-op, also within one call
+        again = make_entry(a.hash.value)
+        c = make_entry()
+        c_again = make_entry(c.hash.value)
+        res = await store.append(
+            "s", [PreparedRecord.of(again), PreparedRecord.of(c), PreparedRecord.of(c_again)]
+        )
+        assert [(r.status, r.index) for r in res] == [
+            ("duplicate", 0), ("appended", 2), ("duplicate", 2)]
+
+        # revoke a; the view says so; a second revocation conflicts and stores nothing
+        res = await store.append("s", [make_revocation(a)])
+        assert res[0].index == 3
+        found = await store.find_entries(hash_key("sha256", a.hash.value))
+        assert [(f.index, f.revoked_by) for f in found] == [(0, 3)]
+        size_before = (await store.get_set("s")).size
+        with pytest.raises(Conflict, match="already revoked"):
+            await store.append("s", [PreparedRecord.of(make_entry()), make_revocation(a)])
+        with pytest.raises(Conflict, match="no entry"):
+            await store.append("s", [make_revocation(make_entry())])
+        wrong_hash = make_revocation(b, target_hash={"type": "sha256", "value": "0" * 64})
+        with pytest.raises(Conflict, match="different hash"):
+            await store.append("s", [wrong_hash])
+        assert (await store.get_set("s")).size == size_before
+
+        # once revoked, the same hash may be published again as a new entry
+        res = await store.append("s", [PreparedRecord.of(make_entry(a.hash.value))])
+        assert res[0].status == "appended"
+
+        # entry and its revocation in one call
+        d = make_entry()
+        res = await store.append("s", [PreparedRecord.of(d), make_revocation(d)])
+        assert [r.status for r in res] == ["appended", "appended"]
+        (stored,) = await store.find_entries(hash_key("sha256", d.hash.value))
+        assert stored.revoked_by == res[1].index
+        rec = decode_record(stored.data)
+        assert rec == d
+        counts = await store.count_records(info.id)
+        assert counts["entry"] == 5 and counts["revocation"] == 2 and counts["active"] == 3
+    finally:
+        await store.close()
+
+
+async def test_concurrent_writers_never_share_an_index(database_url: str) -> None:
+    """Two stores on one database stand for two node processes sequencing the same set."""
+    first = await open_store(database_url)
+    second = await SqlStore.open(database_url)
+    try:
+        await first.create_set("s", ORIGIN, "clear", "")
+        batches = [[PreparedRecord.of(make_entry()) for _ in range(20)] for _ in range(10)]
+
+        async def write(store: SqlStore, batch: list[PreparedRecord]) -> None:
+            await store.append("s", batch)
+
+        await asyncio.gather(
+            *(write(first if i % 2 else second, b) for i, b in enumerate(batches))
+        )
+        info = await first.get_set("s")
+        assert info.size == 200
+        data = await first.read_entries(info.id, 0, 200)
+        assert len(data) == 200
+        leaves = [merkle.leaf_hash(d) for d in data]
+        assert info.root == merkle.root_from_leaf_hashes(leaves)
+        assert sorted(data) == sorted(p.data for b in batches for p in b)
+    finally:
+        await first.close()
+        await second.close()
