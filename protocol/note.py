@@ -345,6 +345,14 @@ class Signer:
     def verifier(self) -> Verifier:
         return Verifier(_CONSTRUCT, self._name, self._public_key)
 
+    def with_name(self, name: str) -> Signer:
+        """The same key pair under another key name (and so another key ID).
+
+        A hashfed node signs each of its logs under that log's origin, as tlog-checkpoint expects,
+        with one Ed25519 key: partners pin one public key per node.
+        """
+        return Signer(_CONSTRUCT, _check_name(name), self._key)
+
     def sign(self, msg: bytes) -> bytes:
         """The raw 64-byte Ed25519 signature of ``msg`` (deterministic, RFC 8032)."""
         return self._key.sign(msg)
