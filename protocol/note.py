@@ -73,12 +73,14 @@ _B64_RE: Final = re.compile(
 )
 _HEX8_RE: Final = re.compile(r"[0-9A-Fa-f]{8}", re.ASCII)
 
-# Unicode White_Space, which is what Go's unicode.IsSpace tests. str.isspace() differs (it also
-# matches U+001C..U+001F), so the set is spelled out to get Go's name rule exactly.
-_UNICODE_SPACES: Final = frozenset(
-    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
-    "\u200a\u2028\u2029\u202f\u205f\u3000"
+# Characters a key name must not contain: "+", ASCII control characters (a note containing one can
+# never be opened), and Unicode White_Space, which is what Go's unicode.IsSpace tests. str.isspace()
+# differs from White_Space (it also matches U+001C..U+001F), so the set is spelled out.
+_BAD_NAME_CHAR_RE: Final = re.compile(
+    "[+\x00-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 )
+# Signed notes must not contain ASCII control characters other than newline.
+_NOTE_CONTROL_RE: Final = re.compile("[\x00-\x09\x0b-\x1f]")
 
 # Only the constructors below may build key objects (pyca style): the token keeps callers from
 # wrapping arbitrary bytes without the checks that the class methods perform.
@@ -105,9 +107,7 @@ def is_valid_name(name: str) -> bool:
     Same rule as Go's ``isValidName``; in addition ASCII control characters are refused because a
     note that contains one can never be opened (c2sp.org/signed-note forbids them).
     """
-    if not name or "+" in name:
-        return False
-    if any(c in _UNICODE_SPACES or c < " " for c in name):
+    if not name or _BAD_NAME_CHAR_RE.search(name) is not None:
         return False
     try:
         name.encode("utf-8")  # lone surrogates cannot be written as UTF-8
@@ -136,7 +136,7 @@ def _check_note_chars(data: bytes, *, field: str) -> None:
         decoded = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise FormatError("note is not valid UTF-8", field=field) from e
-    if any(c < " " and c != "\n" for c in decoded):
+    if _NOTE_CONTROL_RE.search(decoded) is not None:
         raise FormatError("note contains a control character", field=field)
 
 
