@@ -123,7 +123,7 @@ def parse_tile_path(path: str) -> TileRef:
     if m is None:
         raise FormatError(f"not a tile path: {path!r}", field="path")
     width = int(m["w"]) if m["w"] is not None else TILE_WIDTH
-    if width >= TILE_WIDTH:
+    if m["w"] is not None and width >= TILE_WIDTH:
         raise FormatError(f"partial tile width must be 1..255: {path!r}", field="path")
     is_entries = m["level"] == "entries"
     level = 0 if is_entries else int(m["level"])
