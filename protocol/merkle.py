@@ -30,6 +30,7 @@ __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
     "CompactRange",
+    "check_hashes",
     "consistency_proof",
     "consistency_ranges",
     "fold_right_edge",
@@ -75,8 +76,15 @@ def _check_hash(value: bytes, field: str) -> None:
         raise FormatError(f"expected a {HASH_SIZE}-byte hash", field=field)
 
 
-def _check_hashes(values: Sequence[bytes], field: str) -> None:
-    # One pass over the lengths; cheap even for a million hashes.
+_HASH_TYPES = frozenset({bytes, bytearray})
+
+
+def check_hashes(values: Sequence[bytes], field: str) -> None:
+    """Raise FormatError unless every value is a 32-byte ``bytes``/``bytearray`` hash."""
+    # Fast path in C (map/set) for the million-leaf case; the loop below only runs to name the
+    # offending element.
+    if set(map(type, values)) <= _HASH_TYPES and set(map(len, values)) <= {HASH_SIZE}:
+        return
     for i, value in enumerate(values):
         if not isinstance(value, bytes | bytearray) or len(value) != HASH_SIZE:
             raise FormatError(f"expected {HASH_SIZE}-byte hashes", field=f"{field}[{i}]")
@@ -110,7 +118,7 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     """MTH over a list of leaf hashes (RFC 9162 §2.1.1), computed iteratively."""
     if not hashes:
         return EMPTY_ROOT
-    _check_hashes(hashes, "leaf_hashes")
+    check_hashes(hashes, "leaf_hashes")
     return _concatenated_root(b"".join(hashes), len(hashes))
 
 
@@ -216,7 +224,7 @@ def _check_tree(leaf_hashes: Sequence[bytes], size: int | None) -> int:
     _check_size(size, "size")
     if size > len(leaf_hashes):
         raise FormatError(f"size {size} exceeds the {len(leaf_hashes)} leaf hashes given")
-    _check_hashes(leaf_hashes[:size], "leaf_hashes")
+    check_hashes(leaf_hashes[:size], "leaf_hashes")
     return size
 
 
@@ -250,7 +258,7 @@ def root_from_inclusion(leaf: bytes, index: int, size: int, proof: Sequence[byte
     _check_hash(leaf, "leaf")
     if len(proof) > _MAX_PROOF_LEN:
         raise ProofError("inclusion proof is too long")
-    _check_hashes(proof, "proof")
+    check_hashes(proof, "proof")
     fn, sn, r = index, size - 1, bytes(leaf)
     for p in proof:
         if sn == 0:
@@ -293,7 +301,7 @@ def verify_consistency(
     _check_hash(new_root, "new_root")
     if len(proof) > _MAX_PROOF_LEN:
         raise ProofError("consistency proof is too long")
-    _check_hashes(proof, "proof")
+    check_hashes(proof, "proof")
     if old_size > new_size:
         raise ProofError(f"old size {old_size} is larger than new size {new_size}")
     if old_size == new_size:
@@ -359,7 +367,7 @@ class CompactRange:
                 f"a compact range of size {size} has {size.bit_count()} hashes, not {len(hashes)}",
                 field="hashes",
             )
-        _check_hashes(hashes, "hashes")
+        check_hashes(hashes, "hashes")
         self._size = size
         self._hashes = [bytes(h) for h in hashes]
 

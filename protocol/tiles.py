@@ -297,9 +297,7 @@ def update_tiles(
         return {}
     if old_size + len(new_leaf_hashes) > _MAX_SIZE:
         raise FormatError("the tree would exceed 2**64-1 leaves")
-    for i, h in enumerate(new_leaf_hashes):
-        if not isinstance(h, bytes | bytearray) or len(h) != _HASH:
-            raise FormatError(f"expected {_HASH}-byte hashes", field=f"new_leaf_hashes[{i}]")
+    merkle.check_hashes(new_leaf_hashes, "new_leaf_hashes")
 
     out: dict[TileRef, bytes] = {}
     new_entries = b"".join(new_leaf_hashes)  # the hashes appended at the current tile level
