@@ -13,6 +13,7 @@ field is a new record version.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -46,7 +47,7 @@ RECORD_VERSION: Literal[1] = 1
 # Field grammars
 # ---------------------------------------------------------------------------------------------
 
-_TIMESTAMP_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
 _PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f\u2028\u2029]*")
 _LABEL_NAMESPACE_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -55,11 +56,15 @@ _LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 INDUSTRY_CLASSIFICATION = frozenset({"A1", "A2", "B1", "B2"})
 
 
+@functools.lru_cache(maxsize=4096)
 def _check_timestamp(value: str) -> str:
-    if _TIMESTAMP_RE.fullmatch(value) is None:
+    # Cached: a bulk import carries the same few timestamps a million times, and building a
+    # datetime is most of the cost of validating a record.
+    m = _TIMESTAMP_RE.fullmatch(value)
+    if m is None:
         raise ValueError("must be an RFC 3339 UTC time with seconds, like 2026-11-26T18:53:27Z")
     try:
-        datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ")
+        datetime(*(int(g) for g in m.groups()))  # type: ignore[misc]
     except ValueError as e:
         raise ValueError(f"is not a real date and time: {e}") from None
     return value
@@ -400,4 +405,6 @@ def parse_timestamp(value: str) -> datetime:
         _check_timestamp(value)
     except ValueError as e:
         raise FormatError(f"timestamp {e}") from None
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    m = _TIMESTAMP_RE.fullmatch(value)
+    assert m is not None
+    return datetime(*(int(g) for g in m.groups()), tzinfo=UTC)  # type: ignore[misc]
