@@ -56,6 +56,11 @@ _LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 INDUSTRY_CLASSIFICATION = frozenset({"A1", "A2", "B1", "B2"})
 
 
+def _datetime_of(m: re.Match[str]) -> datetime:
+    y, mo, d, h, mi, s = (int(g) for g in m.groups())
+    return datetime(y, mo, d, h, mi, s, tzinfo=UTC)
+
+
 @functools.lru_cache(maxsize=4096)
 def _check_timestamp(value: str) -> str:
     # Cached: a bulk import carries the same few timestamps a million times, and building a
@@ -64,7 +69,7 @@ def _check_timestamp(value: str) -> str:
     if m is None:
         raise ValueError("must be an RFC 3339 UTC time with seconds, like 2026-11-26T18:53:27Z")
     try:
-        datetime(*(int(g) for g in m.groups()))  # type: ignore[misc]
+        _datetime_of(m)
     except ValueError as e:
         raise ValueError(f"is not a real date and time: {e}") from None
     return value
@@ -407,4 +412,4 @@ def parse_timestamp(value: str) -> datetime:
         raise FormatError(f"timestamp {e}") from None
     m = _TIMESTAMP_RE.fullmatch(value)
     assert m is not None
-    return datetime(*(int(g) for g in m.groups()), tzinfo=UTC)  # type: ignore[misc]
+    return _datetime_of(m)

@@ -187,7 +187,7 @@ class SqlStore:
                     f" AND hash_key IN ({self._params(len(chunk))})",
                     tuple(chunk),
                 )
-                active.update({bytes(k): int(i) for k, i in result})
+                active.update({bytes(r[0]): int(r[1]) for r in result})
 
             # 2. Which earlier entries do the revocations target?
             targets = [it.record.target for it in items if isinstance(it.record, Revocation)]
