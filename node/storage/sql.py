@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import URL, Row, and_, bindparam, event, func, make_url, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -187,7 +187,7 @@ class SqlStore:
                     f" AND hash_key IN ({self._params(len(chunk))})",
                     tuple(chunk),
                 )
-                active.update({bytes(r[0]): int(r[1]) for r in result})
+                active.update({bytes(k): int(i) for k, i in cast(Any, result)})
 
             # 2. Which earlier entries do the revocations target?
             targets = [it.record.target for it in items if isinstance(it.record, Revocation)]
