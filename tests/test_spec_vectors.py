@@ -156,3 +156,18 @@ def test_export_directory() -> None:
     for note_path in sorted((export / "checkpoints").iterdir()):
         cp = verify_checkpoint(note_path.read_bytes(), vkey)
         assert str(cp.size) == note_path.name
+
+
+def test_log_audits() -> None:
+    from protocol.audit import audit_directory
+    from protocol.checkpoint import parse_checkpoint
+    from protocol.note import parse_note
+    from protocol.verify import verify_log
+
+    log = load("log.json")
+    cp = parse_checkpoint(parse_note(log["checkpoint"].encode()).text)
+    summary = verify_log([x["json"].encode() for x in log["leaves"]], cp)
+    assert (summary.entries, summary.revoked) == (6, 1)
+    result = audit_directory(VECTORS / "export", trusted_vkey=log["vkey"])
+    assert result.size == log["size"]
+    assert sorted(result.older_checkpoints) == ["4", "7"]
