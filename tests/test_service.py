@@ -84,7 +84,7 @@ def test_built_entry_bytes_are_its_canonical_encoding(
                 "expires": expires}
     raw.update({k: v for k, v in optional.items() if v is not None})
     svc = NodeService.__new__(NodeService)  # build_entry needs only the config
-    svc.cfg = type("Cfg", (), {"org": "org.example"})()  # type: ignore[assignment]
+    svc.cfg = type("Cfg", (), {"org": "org.example"})()
     prepared = svc.build_entry(entry_input(raw), "node.example/set", "2026-11-26T00:00:00Z")
     assert decode_record(prepared.data) == prepared.record
     assert prepared.leaf_hash == merkle.leaf_hash(prepared.data)
