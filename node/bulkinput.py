@@ -38,6 +38,7 @@ from typing import IO, Any
 from node.errors import BadRequest
 from protocol import hashtypes
 from protocol.errors import FormatError
+from protocol.records import entry_from_dict
 
 INPUT_FIELDS = (
     "hash_type",
@@ -114,7 +115,7 @@ def _opt_int(obj: dict[str, Any], name: str) -> int | None:
 
 
 def entry_input(obj: dict[str, Any]) -> EntryInput:
-    """Validate one line's fields (types and hash format); FormatError naming the field."""
+    """Validate one line completely (as the entry it becomes); FormatError naming the field."""
     unknown = set(obj) - set(INPUT_FIELDS)
     if unknown:
         raise FormatError(f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
@@ -138,7 +139,7 @@ def entry_input(obj: dict[str, Any]) -> EntryInput:
         raise FormatError("labels must be a list of strings or 'a:b;c:d'", field="labels")
     status = _opt_str(obj, "vetting_status") or "confirmed"
     reviews = _opt_int(obj, "reviews")
-    return EntryInput(
+    item = EntryInput(
         hash_type=hash_type,
         hash_value=hash_value,
         quality=quality,
@@ -153,6 +154,86 @@ def entry_input(obj: dict[str, Any]) -> EntryInput:
         source_ref=_opt_str(obj, "source_ref"),
         expires=_opt_str(obj, "expires"),
     )
+    _validate_as_entry(item)
+    return item
+
+
+def entry_dict(
+    item: EntryInput, *, org: str, set_origin: str, now: str, record_id: str, nonce: str
+) -> dict[str, Any]:
+    """The entry record for an input line, as a dict in exactly the model's dump shape.
+
+    Every default is present and no value is None, so ``canonicalize(entry_dict(...))`` is the
+    record's leaf encoding (node.service.build_entry relies on it; tests/test_service.py checks it).
+    """
+    vetting: dict[str, Any] = {"status": item.vetting_status, "reviews": item.reviews}
+    if item.review_standard is not None:
+        vetting["standard"] = item.review_standard
+    if item.vetted_at is not None:
+        vetting["at"] = item.vetted_at
+    provenance: dict[str, Any] = {
+        "org": org,
+        "node": set_origin,
+        "record": record_id,
+        "first_seen": item.first_seen or now,
+        "chain": [],
+    }
+    if item.source_ref is not None:
+        provenance["source_ref"] = item.source_ref
+    h: dict[str, Any] = {"type": item.hash_type, "value": item.hash_value}
+    if item.quality is not None:
+        h["quality"] = item.quality
+    raw: dict[str, Any] = {
+        "v": 1,
+        "type": "entry",
+        "id": record_id,
+        "author": org,
+        "created": now,
+        "nonce": nonce,
+        "hash": h,
+        "media": item.media,
+        "labels": list(item.labels),
+        "generated": item.generated,
+        "vetting": vetting,
+        "provenance": provenance,
+    }
+    if item.expires is not None:
+        raw["expires"] = item.expires
+    return raw
+
+
+def _validate_as_entry(item: EntryInput) -> None:
+    """Build the entry this line would become, with placeholder identity, and validate it.
+
+    This is what makes "a file with any bad line publishes nothing" true for every field (labels,
+    timestamps, enums, lengths), not just the hash: the very model that will validate the real
+    record validates it here first.
+    """
+    raw = entry_dict(
+        item, org="validation.invalid", set_origin="validation.invalid/set",
+        now="2000-01-01T00:00:00Z", record_id="0" * 32, nonce="0" * 32,
+    )
+    try:
+        entry_from_dict(raw)
+    except FormatError as e:
+        # Name the input column the person wrote, not the record field it became.
+        field = e.field or ""
+        head = field.split(".")[0] if field.startswith("labels.") else field
+        raise FormatError(e.message, field=_RECORD_TO_INPUT.get(head, field) or None) from e
+
+
+_RECORD_TO_INPUT = {
+    "hash.type": "hash_type",
+    "hash.value": "hash_value",
+    "hash.quality": "quality",
+    "vetting": "vetting_status",
+    "vetting.status": "vetting_status",
+    "vetting.reviews": "reviews",
+    "vetting.standard": "review_standard",
+    "vetting.at": "vetted_at",
+    "provenance.first_seen": "first_seen",
+    "provenance.source_ref": "source_ref",
+}
 
 
 def _jsonl_objects(stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any] | Exception]]:

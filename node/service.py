@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from node.bulkinput import EntryInput
+from node.bulkinput import EntryInput, entry_dict
 from node.config import NodeConfig, load_signer
 from node.errors import BadRequest, Conflict, NotFound
 from node.sequencer import Sequencer
@@ -131,40 +131,10 @@ class NodeService:
         saves a model dump per record on bulk imports. tests/test_service.py checks that
         ``decode_record(data) == record`` for generated inputs.
         """
-        rid = new_record_id()
-        vetting: dict[str, Any] = {"status": item.vetting_status, "reviews": item.reviews}
-        if item.review_standard is not None:
-            vetting["standard"] = item.review_standard
-        if item.vetted_at is not None:
-            vetting["at"] = item.vetted_at
-        provenance: dict[str, Any] = {
-            "org": self.cfg.org,
-            "node": set_origin,
-            "record": rid,
-            "first_seen": item.first_seen or now,
-            "chain": [],
-        }
-        if item.source_ref is not None:
-            provenance["source_ref"] = item.source_ref
-        h: dict[str, Any] = {"type": item.hash_type, "value": item.hash_value}
-        if item.quality is not None:
-            h["quality"] = item.quality
-        raw: dict[str, Any] = {
-            "v": 1,
-            "type": "entry",
-            "id": rid,
-            "author": self.cfg.org,
-            "created": now,
-            "nonce": new_nonce(),
-            "hash": h,
-            "media": item.media,
-            "labels": list(item.labels),
-            "generated": item.generated,
-            "vetting": vetting,
-            "provenance": provenance,
-        }
-        if item.expires is not None:
-            raw["expires"] = item.expires
+        raw = entry_dict(
+            item, org=self.cfg.org, set_origin=set_origin, now=now,
+            record_id=new_record_id(), nonce=new_nonce(),
+        )
         record = entry_from_dict(raw)
         data = canonicalize(raw)
         if len(data) > MAX_RECORD_SIZE:

@@ -47,7 +47,7 @@ RECORD_VERSION: Literal[1] = 1
 # Field grammars
 # ---------------------------------------------------------------------------------------------
 
-_TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z")
+_TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z", re.ASCII)
 _PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f\u2028\u2029]*")
 _LABEL_NAMESPACE_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

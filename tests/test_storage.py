@@ -131,6 +131,8 @@ async def test_duplicates_and_revocations(database_url: str) -> None:
         )
         assert [(r.status, r.index) for r in res] == [
             ("duplicate", 0), ("appended", 2), ("duplicate", 2)]
+        # a duplicate names the stored entry, not the refused copy
+        assert [r.record_id for r in res] == [a.id, c.id, c.id]
 
         # revoke a; the view says so; a second revocation conflicts and stores nothing
         res = await store.append("s", [make_revocation(a)])

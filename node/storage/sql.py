@@ -179,15 +179,15 @@ class SqlStore:
                     if isinstance(it.record, Revocation)
                 }
             )
-            active: dict[bytes, int] = {}
+            active: dict[bytes, tuple[int, str]] = {}
             for chunk in _chunks(keys, _IN_CHUNK):
                 result = await conn.exec_driver_sql(
-                    "SELECT hash_key, idx FROM records WHERE kind = 'entry'"
+                    "SELECT hash_key, idx, record_id FROM records WHERE kind = 'entry'"
                     f" AND revoked_by IS NULL AND set_id = {set_id:d}"
                     f" AND hash_key IN ({self._params(len(chunk))})",
                     tuple(chunk),
                 )
-                active.update({bytes(k): int(i) for k, i in cast(Any, result)})
+                active.update({bytes(k): (int(i), str(r)) for k, i, r in cast(Any, result)})
 
             # 2. Which earlier entries do the revocations target?
             targets = [it.record.target for it in items if isinstance(it.record, Revocation)]
@@ -220,13 +220,14 @@ class SqlStore:
                     assert it.hash_key is not None
                     existing = active.get(it.hash_key)
                     if existing is not None:
-                        results.append(AppendResult("duplicate", existing, rec.id))
+                        # the stored entry's index and id: the refused copy's id is never stored
+                        results.append(AppendResult("duplicate", *existing))
                         continue
-                    active[it.hash_key] = next_index
+                    active[it.hash_key] = (next_index, rec.id)
                     batch_entries[rec.id] = (next_index, it.hash_key)
                 elif isinstance(rec, Revocation):
                     target_idx, target_key = self._revocation_target(rec, found, batch_entries)
-                    if active.get(target_key) != target_idx:
+                    if active.get(target_key, (None,))[0] != target_idx:
                         raise Conflict(
                             f"entry {rec.target} is already revoked", field="target"
                         )
