@@ -1,0 +1,489 @@
+"""Offline audit of a tlog-tiles export directory: ``python -m protocol.audit DIR [--json]``.
+
+The directory holds one log as a C2SP tlog-tiles snapshot::
+
+    DIR/checkpoint            the signed checkpoint note being audited
+    DIR/vkey                  the log's signed-note verifier key, one line (better: pin it, --vkey)
+    DIR/tile/<L>/<N>[.p/<W>]  hash tiles            (paths exactly as TileRef.path() writes them)
+    DIR/tile/entries/<N>[.p/<W>]  entry bundles
+    DIR/checkpoints/*         optional: older signed checkpoints this auditor kept
+
+The audit (1) verifies the checkpoint's signature, (2) streams every entry bundle in index order
+through :class:`protocol.verify.LogAuditor` (one bundle in memory at a time: every record is
+validated and the revocation rules checked), (3) checks that the leaves lead to the checkpoint's
+root and that every stored hash tile equals the tile recomputed from the leaves, and (4) proves
+every older checkpoint consistent with the current one from the (now verified) tiles.
+
+Files that can only be explained by a larger tree than the checkpoint's (tiles of a log that kept
+growing after the checkpoint was copied) are not covered by any signature: they are listed as
+unverified, not failed. Any other file under ``tile/`` that is not a tile path fails the audit.
+
+Memory: the auditor's revocation state (see LogAuditor) plus one entry per stored tile file
+(O(n / 256)). This module reads files and nothing else: no network, no database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from protocol import tiles
+from protocol.checkpoint import Checkpoint
+from protocol.errors import (
+    FormatError,
+    InconsistentTreeError,
+    ProofError,
+    ProtocolError,
+    VerificationError,
+)
+from protocol.note import Verifier
+from protocol.tiles import TILE_WIDTH, TileRef
+from protocol.verify import AuditSummary, LogAuditor, verify_checkpoint_note, verify_consistency_of
+
+__all__ = ["ExportAuditSummary", "audit_directory", "main"]
+
+# Leaf hashes handed to tiles.update_tiles at once: 64 bundles, 512 KiB of hashes. Large enough
+# that the per-call overhead vanishes, small enough to keep the audit's memory flat.
+_BATCH_LEAVES = 64 * TILE_WIDTH
+
+_Position = tuple[bool, int, int]  # (is_entries, level, n)
+
+
+@dataclass(frozen=True)
+class ExportAuditSummary(AuditSummary):
+    """An :class:`AuditSummary` plus what the directory audit checked and with which key."""
+
+    #: the vkey the checkpoint was verified with
+    vkey: str = ""
+    #: where that key came from: "pinned" (given by the caller) or the vkey file's path
+    key_source: str = ""
+    bundles: int = 0
+    hash_tiles: int = 0
+    #: older checkpoints (file names under checkpoints/) proved consistent with the current one
+    older_checkpoints: tuple[str, ...] = ()
+    #: tile files that lie beyond the checkpoint's tree size, so no signature covers them
+    unverified_files: tuple[str, ...] = ()
+
+    @property
+    def key_pinned(self) -> bool:
+        return self.key_source == "pinned"
+
+    def as_dict(self) -> dict[str, object]:
+        out = super().as_dict()
+        out.update(
+            vkey=self.vkey,
+            key_source=self.key_source,
+            key_pinned=self.key_pinned,
+            bundles=self.bundles,
+            hash_tiles=self.hash_tiles,
+            older_checkpoints=list(self.older_checkpoints),
+            unverified_files=list(self.unverified_files),
+        )
+        return out
+
+
+def _with_context(e: ProtocolError, text: str) -> ProtocolError:
+    """The same kind of error with ``text`` appended to its message (evidence kept)."""
+    if isinstance(e, InconsistentTreeError):
+        return InconsistentTreeError(f"{e.message} {text}", evidence=e.evidence)
+    return type(e)(f"{e.message} {text}", field=e.field)
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise FormatError(f"{what} {path} is missing", field=str(path)) from e
+    except OSError as e:
+        raise FormatError(f"cannot read {what} {path}: {e.strerror}", field=str(path)) from e
+
+
+def _load_verifier(root: Path, trusted_vkey: str | None) -> tuple[Verifier, str]:
+    if trusted_vkey is not None:
+        return Verifier.from_vkey(trusted_vkey.strip()), "pinned"
+    vkey_path = root / "vkey"
+    raw = _read(vkey_path, "verifier key file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FormatError(f"{vkey_path} is not UTF-8", field=str(vkey_path)) from e
+    text = text.removesuffix("\n").removesuffix("\r")
+    if "\n" in text:
+        raise FormatError(f"{vkey_path} must hold exactly one line", field=str(vkey_path))
+    try:
+        return Verifier.from_vkey(text), str(vkey_path)
+    except FormatError as e:
+        raise FormatError(f"{vkey_path}: {e.message}", field=str(vkey_path)) from e
+
+
+def _stored_tiles(root: Path) -> dict[_Position, list[int]]:
+    """Every file under DIR/tile/, by position, with the widths stored there (ascending)."""
+    stored: dict[_Position, list[int]] = {}
+    tile_dir = root / "tile"
+    for dirpath, _dirnames, filenames in os.walk(tile_dir):
+        for name in filenames:
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            try:
+                ref = tiles.parse_tile_path(rel)
+            except FormatError as e:
+                raise FormatError(
+                    f"unexpected file {rel} in the tile directory: {e.message}", field=rel
+                ) from e
+            stored.setdefault((ref.is_entries, ref.level, ref.n), []).append(ref.width)
+    for widths in stored.values():
+        widths.sort()
+    return stored
+
+
+class _Export:
+    """The stored tile files of one export directory, consumed as the audit verifies them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.stored = _stored_tiles(root)
+
+    def path(self, ref: TileRef) -> Path:
+        return self.root / ref.path()
+
+    def read_position(self, ref: TileRef) -> tuple[TileRef, bytes, list[tuple[TileRef, bytes]]]:
+        """The file for ``ref`` (or, missing that, the narrowest wider one at its position, which
+        starts with the same data) and the narrower stale partial files at the same position.
+
+        The position is then forgotten: whatever is still stored at the end was never checked.
+        """
+        widths = self.stored.pop((ref.is_entries, ref.level, ref.n), [])
+        what = "entry bundle" if ref.is_entries else "hash tile"
+        usable = [w for w in widths if w >= ref.width]
+        if not usable:
+            have = "".join(
+                f" (only {TileRef(ref.level, ref.n, w, ref.is_entries).path()} is there: the "
+                f"export holds less than the checkpoint's tree)"
+                for w in widths[-1:]
+            )
+            raise FormatError(f"{what} {ref.path()} is missing{have}", field=ref.path())
+        main_ref = TileRef(ref.level, ref.n, usable[0], ref.is_entries)
+        data = _read(self.path(main_ref), what)
+        # Wider files beyond the one used cover leaves after the checkpoint: nothing signs them.
+        for w in usable[1:]:
+            self.stored.setdefault((ref.is_entries, ref.level, ref.n), []).append(w)
+        stale = []
+        for w in widths:
+            if w < ref.width:
+                stale_ref = TileRef(ref.level, ref.n, w, ref.is_entries)
+                stale.append((stale_ref, _read(self.path(stale_ref), what)))
+        return main_ref, data, stale
+
+    def unverified(self) -> tuple[str, ...]:
+        return tuple(
+            sorted(
+                TileRef(level, n, w, is_entries).path()
+                for (is_entries, level, n), widths in self.stored.items()
+                for w in widths
+            )
+        )
+
+    def tiles_for(self, refs: set[TileRef]) -> dict[TileRef, bytes]:
+        """Read the hash tiles ``refs`` (or wider ones at the same position) for proof building."""
+        out: dict[TileRef, bytes] = {}
+        for ref in refs:
+            path = self.path(ref)
+            if path.is_file():
+                out[ref] = _read(path, "hash tile")
+                continue
+            for w in range(ref.width + 1, TILE_WIDTH + 1):
+                wider = TileRef(ref.level, ref.n, w)
+                if self.path(wider).is_file():
+                    out[wider] = _read(self.path(wider), "hash tile")
+                    break
+        return out
+
+
+class _TileChecker:
+    """Recomputes the hash tiles batch by batch and compares them with the stored files.
+
+    A mismatch is remembered, not raised at once: until the root has been compared with the
+    signed checkpoint it is unknown whether the tile or the entries were altered.
+    """
+
+    def __init__(self, export: _Export) -> None:
+        self.export = export
+        self.size = 0
+        self.edge: dict[TileRef, bytes] = {}
+        self.checked = 0
+        self.first_mismatch: tuple[TileRef, str] | None = None
+        # A stale partial entry bundle that differs; kept apart because the hash tiles point at
+        # the exact leaf, so they make the better hint when the root does not match.
+        self.bundle_mismatch: tuple[TileRef, str] | None = None
+
+    def add(self, leaf_hashes: list[bytes]) -> None:
+        if not leaf_hashes:
+            return
+        out = tiles.update_tiles(self.size, self.edge, leaf_hashes)
+        self.size += len(leaf_hashes)
+        self.edge = {
+            ref: out[ref] if ref in out else self.edge[ref]
+            for ref in tiles.right_edge_tiles(self.size)
+        }
+        for ref, data in out.items():
+            if ref.is_full:
+                self._check(ref, data)
+
+    def finish(self) -> None:
+        """Check the right-edge (partial) tiles, which exist only at the final size."""
+        for ref, data in self.edge.items():
+            self._check(ref, data)
+
+    def _check(self, ref: TileRef, data: bytes) -> None:
+        used, stored, stale = self.export.read_position(ref)
+        self.checked += 1 + len(stale)
+        for file_ref, file_data in [(used, stored), *stale]:
+            if len(file_data) != file_ref.byte_length:
+                raise FormatError(
+                    f"hash tile {file_ref.path()} is {len(file_data)} bytes, not "
+                    f"{file_ref.byte_length}",
+                    field=file_ref.path(),
+                )
+            n = min(len(file_data), len(data))
+            if file_data[:n] != data[:n] and self.first_mismatch is None:
+                at = next(i for i in range(0, n, 32) if file_data[i : i + 32] != data[i : i + 32])
+                self.first_mismatch = (file_ref, self._describe(file_ref, at // 32))
+
+    @staticmethod
+    def _describe(ref: TileRef, offset: int) -> str:
+        first = (ref.n * TILE_WIDTH + offset) << (tiles.TILE_HEIGHT * ref.level)
+        if ref.level == 0:
+            bundle = TileRef(0, ref.n, TILE_WIDTH, is_entries=True).path()
+            return f"hash {offset} (leaf {first}, in entry bundle {bundle})"
+        return f"hash {offset} (the subtree starting at leaf {first})"
+
+
+def _bundles(
+    export: _Export, size: int, checker: _TileChecker
+) -> Iterator[tuple[TileRef, list[bytes]]]:
+    """Each entry bundle of a tree of ``size`` with exactly its entries below ``size``.
+
+    Stale partial bundles at the same position must be byte prefixes of the bundle (entries are
+    length-prefixed, so the first w entries are exactly a prefix); a difference is handed to the
+    checker's deferred mismatch, since which of the two files is wrong is only known once the
+    root has been compared with the checkpoint.
+    """
+    for n in range(-(-size // TILE_WIDTH)):
+        ref = tiles.tile_ref_at(0, n, size, is_entries=True)
+        used, data, stale = export.read_position(ref)
+        try:
+            entries = tiles.decode_entry_bundle(data, used.width)
+        except FormatError as e:
+            raise FormatError(f"entry bundle {used.path()}: {e.message}", field=used.path()) from e
+        for stale_ref, stale_data in stale:
+            try:
+                tiles.decode_entry_bundle(stale_data, stale_ref.width)
+            except FormatError as e:
+                raise FormatError(
+                    f"entry bundle {stale_ref.path()}: {e.message}", field=stale_ref.path()
+                ) from e
+            if stale_data != data[: len(stale_data)] and checker.bundle_mismatch is None:
+                checker.bundle_mismatch = (
+                    stale_ref,
+                    f"its entries, which are not the first {stale_ref.width} of {used.path()}",
+                )
+        yield used, entries[: ref.width]
+
+
+def _check_older(
+    export: _Export,
+    log: Verifier,
+    cp: Checkpoint,
+    note: bytes,
+    on_checked: Callable[[str], None],
+) -> None:
+    older_dir = export.root / "checkpoints"
+    if not older_dir.is_dir():
+        return
+    for path in sorted(p for p in older_dir.iterdir() if p.is_file()):
+        old_note = _read(path, "older checkpoint")
+        try:
+            old = verify_checkpoint_note(old_note, log)
+        except (FormatError, VerificationError) as e:
+            raise _with_context(e, f"(older checkpoint {path})") from e
+        evidence = (old_note, note)
+        try:
+            if old.size < cp.size:
+                refs = tiles.consistency_proof_tiles(old.size, cp.size)
+                proof = tiles.consistency_proof(old.size, cp.size, export.tiles_for(refs))
+            else:
+                proof = []
+            verify_consistency_of(old, cp, proof)
+        except InconsistentTreeError as e:
+            raise InconsistentTreeError(
+                f"{e.message} (older checkpoint {path} vs the current checkpoint)",
+                evidence=evidence,
+            ) from e
+        except ProofError as e:
+            # The proof comes from tiles already checked against the current checkpoint, so a
+            # failure means the older signed root is not a prefix of this tree: a fork.
+            raise InconsistentTreeError(
+                f"fork in {cp.origin}: older checkpoint {path} (size {old.size}) is not a prefix "
+                f"of the current tree of size {cp.size}: {e.message}",
+                evidence=evidence,
+            ) from e
+        on_checked(path.name)
+
+
+def audit_directory(path: Path, *, trusted_vkey: str | None = None) -> ExportAuditSummary:
+    """Audit the tlog-tiles export in ``path``; return the summary or raise a ProtocolError.
+
+    ``trusted_vkey`` (the log's vkey obtained out of band) overrides ``DIR/vkey``; a key read from
+    the directory itself only proves that the directory is self-consistent, and the summary says
+    which was used.
+
+    FormatError: a file is missing, unreadable, or malformed (the message names it; a bad record
+    names its leaf index). SignatureError: the checkpoint is not signed by the key. ProofError:
+    the leaves do not lead to the checkpoint's root, or a stored hash tile differs from the one
+    recomputed from them. InconsistentTreeError: an older checkpoint is a fork or a rollback
+    (``evidence`` holds both notes). VerificationError: a revocation breaks the log's rules.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FormatError(f"{root} is not a directory", field=str(root))
+    log, key_source = _load_verifier(root, trusted_vkey)
+    note = _read(root / "checkpoint", "checkpoint")
+    try:
+        cp = verify_checkpoint_note(note, log)
+    except (FormatError, VerificationError) as e:
+        raise _with_context(e, f"({root / 'checkpoint'})") from e
+
+    export = _Export(root)
+    auditor = LogAuditor(cp.origin)
+    checker = _TileChecker(export)
+    pending: list[bytes] = []
+    bundles = 0
+    for ref, entries in _bundles(export, cp.size, checker):
+        bundles += 1
+        try:
+            pending.extend(auditor.add_many(entries))
+        except (FormatError, VerificationError) as e:
+            raise _with_context(e, f"(entry bundle {ref.path()})") from e
+        if len(pending) >= _BATCH_LEAVES:
+            checker.add(pending)
+            pending = []
+    checker.add(pending)
+    checker.finish()
+
+    mismatch = checker.first_mismatch or checker.bundle_mismatch
+    try:
+        summary = auditor.finish(cp)
+    except ProofError as e:
+        if mismatch is not None:
+            tile, where = mismatch
+            raise ProofError(
+                f"{e.message}; the first difference from the stored tiles is in "
+                f"{tile.path()} at {where}"
+            ) from e
+        raise
+    if mismatch is not None:
+        tile, where = mismatch
+        raise ProofError(
+            f"{'entry bundle' if tile.is_entries else 'hash tile'} {tile.path()} does not match "
+            f"the tiles recomputed from the entries, which do match the signed root: it differs "
+            f"at {where}",
+        )
+    # Stored widths beyond the signed size stay in export.stored; read them off before the
+    # proofs below look at tiles (which only reads, so the listing is unchanged).
+    unverified = export.unverified()
+    older: list[str] = []
+    _check_older(export, log, cp, note, older.append)
+
+    base = {f.name: getattr(summary, f.name) for f in fields(AuditSummary)}
+    return ExportAuditSummary(
+        **base,
+        vkey=log.vkey(),
+        key_source=key_source,
+        bundles=bundles,
+        hash_tiles=checker.checked,
+        older_checkpoints=tuple(older),
+        unverified_files=unverified,
+    )
+
+
+def _counts(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+
+def _report(root: Path, s: ExportAuditSummary) -> str:
+    key = (
+        "pinned by the caller"
+        if s.key_pinned
+        else f"read from {s.key_source}: NOT PINNED, this only shows the export is "
+        "self-consistent; pass --vkey with the key obtained out of band"
+    )
+    lines = [
+        f"audit of {root}: PASS",
+        f"  log          {s.origin}",
+        f"  key          {s.vkey} ({key})",
+        f"  checkpoint   size {s.size}, root {s.root_hash.hex()}",
+        f"  checked      {s.size} leaves in {s.bundles} entry bundles, {s.hash_tiles} hash tiles",
+        f"  older        {len(s.older_checkpoints)} older checkpoints consistent"
+        + (f" ({', '.join(s.older_checkpoints)})" if s.older_checkpoints else ""),
+        f"  records      {_counts(s.record_types)}",
+        f"  entries      {s.entries} ({s.active} active, {s.revoked} revoked)",
+        f"  hash types   {_counts(s.hash_types)}",
+        f"  revocations  {_counts(s.revocation_reasons)}",
+        f"  labels       {_counts(s.labels)}",
+        f"  authors      {_counts(s.authors)}",
+    ]
+    if s.unverified_files:
+        lines.append(
+            f"  unverified   {len(s.unverified_files)} tile files lie beyond the checkpoint and "
+            f"are covered by no signature (first: {s.unverified_files[0]})"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the audit from the command line: exit 0 if it passes, 1 if it fails, 2 on misuse."""
+    parser = argparse.ArgumentParser(
+        prog="python -m protocol.audit",
+        description="Audit a tlog-tiles export directory of a hashfed log, offline.",
+    )
+    parser.add_argument("directory", type=Path, help="the export directory")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--vkey",
+        metavar="VKEY",
+        help="the log's verifier key, obtained out of band (overrides DIR/vkey)",
+    )
+    args = parser.parse_args(argv)
+    root: Path = args.directory
+    if not root.is_dir():
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {root} is not a directory", file=sys.stderr)
+        return 2
+    # The one place audit errors become output.
+    try:
+        summary = audit_directory(root, trusted_vkey=args.vkey)
+    except ProtocolError as e:
+        if args.json:
+            error: dict[str, object] = {"type": type(e).__name__, "message": e.message}
+            if e.field:
+                error["field"] = e.field
+            if isinstance(e, InconsistentTreeError) and e.evidence:
+                error["evidence"] = [x.decode("utf-8", "replace") for x in e.evidence]
+            print(json.dumps({"ok": False, "error": error}, indent=2))
+        else:
+            print(f"audit of {root}: FAIL\n  {type(e).__name__}: {e.diagnostics()}")
+        return 1
+    if args.json:
+        print(json.dumps({"ok": True, "summary": summary.as_dict()}, indent=2))
+    else:
+        print(_report(root, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

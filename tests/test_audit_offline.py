@@ -1,0 +1,392 @@
+"""protocol.audit: a real tlog-tiles export directory passes, and every kind of tampering is caught.
+
+Each export is written the way a sequencer would: leaves appended in batches, every batch's tiles
+and entry bundles written (so stale partial files stay behind), a checkpoint signed after each
+batch and the earlier ones kept under checkpoints/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol import merkle, tiles
+from protocol.audit import ExportAuditSummary, audit_directory, main
+from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.errors import (
+    FormatError,
+    InconsistentTreeError,
+    ProofError,
+    SignatureError,
+    VerificationError,
+)
+from protocol.note import Signer
+from protocol.records import encode_record, new_nonce, new_record_id, record_from_dict
+from protocol.tiles import TILE_WIDTH, TileRef
+
+ORIGIN = "hashfed.example.org/audit"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def entry(author: str = "a.example", **extra: Any) -> bytes:
+    rid = new_record_id()
+    d: dict[str, Any] = {
+        "type": "entry",
+        "id": rid,
+        "author": author,
+        "created": "2026-01-02T03:04:05Z",
+        "nonce": new_nonce(),
+        "hash": {"type": "md5", "value": os.urandom(16).hex()},
+        "media": "image",
+        "vetting": {"status": "confirmed", "reviews": 1},
+        "provenance": {
+            "org": author,
+            "node": ORIGIN,
+            "record": rid,
+            "first_seen": "2026-01-01T00:00:00Z",
+        },
+    }
+    d.update(extra)
+    return encode_record(record_from_dict(d))
+
+
+def revocation(target_id: str, value: str, author: str = "a.example") -> bytes:
+    d = {
+        "type": "revocation",
+        "id": new_record_id(),
+        "author": author,
+        "created": "2026-01-03T00:00:00Z",
+        "nonce": new_nonce(),
+        "target": target_id,
+        "target_hash": {"type": "md5", "value": value},
+        "reason": "duplicate",
+    }
+    return encode_record(record_from_dict(d))
+
+
+def make_leaves(n: int, seed: int = 0) -> list[bytes]:
+    rng = random.Random(seed)
+    leaves: list[bytes] = []
+    live: list[bytes] = []
+    for _ in range(n):
+        if live and rng.random() < 0.1:
+            target = json.loads(live.pop(rng.randrange(len(live))))
+            leaves.append(revocation(target["id"], target["hash"]["value"]))
+        else:
+            leaves.append(entry())
+            live.append(leaves[-1])
+    return leaves
+
+
+def checkpoint_of(leaves: list[bytes]) -> Checkpoint:
+    root = merkle.root_from_leaf_hashes([merkle.leaf_hash(x) for x in leaves])
+    return Checkpoint(ORIGIN, len(leaves), root)
+
+
+def write_export(
+    root: Path, leaves: list[bytes], signer: Signer, cuts: tuple[int, ...] = ()
+) -> Checkpoint:
+    """Append ``leaves`` in batches ending at ``cuts`` and at the end, as a log would."""
+    size = 0
+    edge: dict[TileRef, bytes] = {}
+    notes: list[bytes] = []
+    for end in [*cuts, len(leaves)]:
+        batch = leaves[size:end]
+        out = tiles.update_tiles(size, edge, [merkle.leaf_hash(x) for x in batch])
+        for ref, data in out.items():
+            (root / ref.path()).parent.mkdir(parents=True, exist_ok=True)
+            (root / ref.path()).write_bytes(data)
+        for n in range(size // TILE_WIDTH, -(-end // TILE_WIDTH)):
+            ref = tiles.tile_ref_at(0, n, end, is_entries=True)
+            bundle = leaves[n * TILE_WIDTH : n * TILE_WIDTH + ref.width]
+            (root / ref.path()).parent.mkdir(parents=True, exist_ok=True)
+            (root / ref.path()).write_bytes(tiles.encode_entry_bundle(bundle))
+        edge = {r: out.get(r) or edge[r] for r in tiles.right_edge_tiles(end)}
+        size = end
+        notes.append(sign_checkpoint(checkpoint_of(leaves[:end]), signer))
+    (root / "checkpoint").write_bytes(notes[-1])
+    (root / "vkey").write_text(signer.verifier().vkey() + "\n")
+    if len(notes) > 1:
+        (root / "checkpoints").mkdir()
+        for i, note in enumerate(notes[:-1]):
+            (root / "checkpoints" / f"cp-{i}").write_bytes(note)
+    return checkpoint_of(leaves)
+
+
+@pytest.fixture(scope="module")
+def signer() -> Signer:
+    return Signer.generate(ORIGIN)
+
+
+@pytest.fixture(scope="module")
+def leaves() -> list[bytes]:
+    return make_leaves(1000)
+
+
+@pytest.fixture
+def export(tmp_path: Path, leaves: list[bytes], signer: Signer) -> Path:
+    root = tmp_path / "export"
+    root.mkdir()
+    write_export(root, leaves, signer, cuts=(100, 300, 700))
+    return root
+
+
+def flip(path: Path, offset: int, mask: int = 0x01) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= mask
+    path.write_bytes(bytes(data))
+
+
+# ---- a good export ------------------------------------------------------------------------------
+
+
+def test_audit_passes(export: Path, leaves: list[bytes], signer: Signer) -> None:
+    s = audit_directory(export)
+    assert isinstance(s, ExportAuditSummary)
+    cp = checkpoint_of(leaves)
+    assert (s.origin, s.size, s.root_hash) == (ORIGIN, 1000, cp.root_hash)
+    assert s.entries + s.record_types.get("revocation", 0) == 1000
+    assert s.active == s.entries - s.revoked
+    assert s.revoked == s.record_types["revocation"] > 0
+    assert s.bundles == 4
+    assert s.older_checkpoints == ("cp-0", "cp-1", "cp-2")
+    assert s.unverified_files == ()
+    # the key came from the directory itself, and the summary says so
+    assert s.key_source == str(export / "vkey") and not s.key_pinned
+    pinned = audit_directory(export, trusted_vkey=signer.verifier().vkey())
+    assert pinned.key_pinned and pinned.vkey == signer.verifier().vkey()
+    # stale partial tiles from earlier batches were checked too
+    assert (export / "tile/0/000.p/100").is_file()
+    assert s.hash_tiles > len(tiles.tiles_for_size(1000))
+
+
+def test_empty_log(tmp_path: Path, signer: Signer) -> None:
+    write_export(tmp_path, [], signer)
+    s = audit_directory(tmp_path)
+    assert (s.size, s.root_hash, s.bundles, s.hash_tiles) == (0, merkle.EMPTY_ROOT, 0, 0)
+
+
+def test_tiles_beyond_the_checkpoint_are_listed_not_failed(
+    export: Path, leaves: list[bytes], signer: Signer
+) -> None:
+    # The checkpoint is older than the tiles: the log grew from 700 to 1000 leaves after it.
+    (export / "checkpoint").write_bytes(sign_checkpoint(checkpoint_of(leaves[:700]), signer))
+    s = audit_directory(export)
+    assert s.size == 700
+    assert s.older_checkpoints == ("cp-0", "cp-1", "cp-2")
+    assert set(s.unverified_files) == {
+        "tile/entries/002",
+        "tile/entries/003.p/232",
+        "tile/0/002",
+        "tile/0/003.p/232",
+        "tile/1/000.p/3",
+    }
+
+
+# ---- tampering ----------------------------------------------------------------------------------
+
+
+def test_pinned_key_rejects_another_key(export: Path) -> None:
+    other = Signer.generate(ORIGIN)
+    with pytest.raises(SignatureError, match=r"checkpoint"):
+        audit_directory(export, trusted_vkey=other.verifier().vkey())
+
+
+def test_checkpoint_signed_by_another_key(export: Path, leaves: list[bytes]) -> None:
+    other = Signer.generate(ORIGIN)
+    (export / "checkpoint").write_bytes(sign_checkpoint(checkpoint_of(leaves), other))
+    with pytest.raises(SignatureError, match=r"checkpoint"):
+        audit_directory(export)
+
+
+def test_flipped_byte_in_checkpoint_text(export: Path) -> None:
+    note = (export / "checkpoint").read_bytes()
+    root_line_start = note.index(b"\n", note.index(b"\n") + 1) + 1
+    flip(export / "checkpoint", root_line_start + 3, 0x02)
+    with pytest.raises(SignatureError, match=r"export/checkpoint"):
+        audit_directory(export)
+
+
+def test_flipped_byte_in_entry_bundle_breaks_a_record(export: Path) -> None:
+    flip(export / "tile/entries/001", 2)  # the first record's opening brace
+    with pytest.raises(FormatError, match=r"leaf 256 .*tile/entries/001") as e:
+        audit_directory(export)
+    assert e.value.field == "index 256"
+
+
+def test_flipped_hash_digit_in_entry_bundle(export: Path) -> None:
+    # A change that keeps the record valid is caught by the root; the tiles point at the leaf.
+    path = export / "tile/entries/002"
+    data = path.read_bytes()
+    value_at = data.index(b'"value":"') + len(b'"value":"')
+    digit = data[value_at : value_at + 1]
+    path.write_bytes(data[:value_at] + (b"1" if digit != b"1" else b"2") + data[value_at + 1 :])
+    with pytest.raises(ProofError, match=r"not the checkpoint's root.*tile/entries/002") as e:
+        audit_directory(export)
+    assert "leaf 512" in str(e.value)
+
+
+@pytest.mark.parametrize("tile", ["tile/0/001", "tile/0/003.p/232", "tile/1/000.p/3"])
+def test_flipped_byte_in_hash_tile(export: Path, tile: str) -> None:
+    flip(export / tile, 33)
+    with pytest.raises(ProofError, match=f"hash tile {re.escape(tile)} does not match"):
+        audit_directory(export)
+
+
+def test_flipped_byte_in_stale_partial_tile(export: Path) -> None:
+    flip(export / "tile/0/001.p/44", 5)
+    with pytest.raises(ProofError, match=r"tile/0/001.p/44"):
+        audit_directory(export)
+
+
+def test_stale_partial_bundle_that_differs(export: Path) -> None:
+    flip(export / "tile/entries/000.p/100", 50)
+    with pytest.raises(ProofError, match=r"entry bundle tile/entries/000.p/100 does not match"):
+        audit_directory(export)
+
+
+def test_missing_bundle(export: Path) -> None:
+    (export / "tile/entries/001").unlink()
+    with pytest.raises(FormatError, match=r"entry bundle tile/entries/001 is missing"):
+        audit_directory(export)
+
+
+def test_missing_hash_tile(export: Path) -> None:
+    (export / "tile/0/002").unlink()
+    with pytest.raises(FormatError, match=r"hash tile tile/0/002 is missing"):
+        audit_directory(export)
+
+
+def test_extra_trailing_bytes(export: Path) -> None:
+    bundle = export / "tile/entries/000"
+    bundle.write_bytes(bundle.read_bytes() + b"\x00")
+    with pytest.raises(FormatError, match=r"tile/entries/000.*trailing bytes"):
+        audit_directory(export)
+
+
+def test_extra_trailing_bytes_in_hash_tile(export: Path) -> None:
+    tile = export / "tile/0/000"
+    tile.write_bytes(tile.read_bytes() + b"\x00")
+    with pytest.raises(FormatError, match=r"hash tile tile/0/000 is 8193 bytes"):
+        audit_directory(export)
+
+
+def test_unexpected_file(export: Path) -> None:
+    (export / "tile/0/notes.txt").write_text("hi")
+    with pytest.raises(FormatError, match=r"unexpected file tile/0/notes.txt"):
+        audit_directory(export)
+
+
+def test_non_canonical_record(tmp_path: Path, signer: Signer) -> None:
+    leaves = make_leaves(300)
+    leaves[270] = leaves[270].replace(b'{"', b'{ "', 1)  # still valid JSON, not canonical
+    write_export(tmp_path, leaves, signer)
+    with pytest.raises(FormatError, match=r"leaf 270 .*canonical.*tile/entries/001") as e:
+        audit_directory(tmp_path)
+    assert e.value.field == "index 270"
+
+
+def test_truncated_log(export: Path, leaves: list[bytes], signer: Signer) -> None:
+    longer = [*leaves, entry(), entry()]
+    (export / "checkpoint").write_bytes(sign_checkpoint(checkpoint_of(longer), signer))
+    with pytest.raises(FormatError, match=r"tile/entries/003.p/234 is missing.*less than"):
+        audit_directory(export)
+
+
+def test_older_checkpoint_fork(export: Path, leaves: list[bytes], signer: Signer) -> None:
+    forked = [*leaves[:299], entry()]
+    note = sign_checkpoint(checkpoint_of(forked), signer)
+    (export / "checkpoints" / "cp-1").write_bytes(note)
+    with pytest.raises(InconsistentTreeError, match=r"fork.*cp-1.*size 300") as e:
+        audit_directory(export)
+    assert e.value.evidence == (note, (export / "checkpoint").read_bytes())
+
+
+def test_older_checkpoint_same_size_fork(
+    export: Path, leaves: list[bytes], signer: Signer
+) -> None:
+    note = sign_checkpoint(checkpoint_of([*leaves[:999], entry()]), signer)
+    (export / "checkpoints" / "same").write_bytes(note)
+    with pytest.raises(InconsistentTreeError, match=r"fork.*size 1000.*same") as e:
+        audit_directory(export)
+    assert e.value.evidence[0] == note
+
+
+def test_older_checkpoint_bigger_is_rollback(
+    export: Path, leaves: list[bytes], signer: Signer
+) -> None:
+    note = sign_checkpoint(checkpoint_of([*leaves, entry()]), signer)
+    (export / "checkpoints" / "newer").write_bytes(note)
+    with pytest.raises(InconsistentTreeError, match=r"rollback.*newer") as e:
+        audit_directory(export)
+    assert len(e.value.evidence) == 2
+
+
+def test_older_checkpoint_from_another_key(export: Path, leaves: list[bytes]) -> None:
+    note = sign_checkpoint(checkpoint_of(leaves[:10]), Signer.generate(ORIGIN))
+    (export / "checkpoints" / "alien").write_bytes(note)
+    with pytest.raises(SignatureError, match=r"checkpoints/alien"):
+        audit_directory(export)
+
+
+def test_revocation_of_unknown_entry(tmp_path: Path, signer: Signer) -> None:
+    leaves = make_leaves(20)
+    leaves.append(revocation(new_record_id(), os.urandom(16).hex()))
+    write_export(tmp_path, leaves, signer)
+    with pytest.raises(VerificationError, match=r"leaf 20 .*not an earlier entry") as e:
+        audit_directory(tmp_path)
+    assert e.value.field == "index 20"
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "protocol.audit", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_exit_codes(export: Path, tmp_path: Path) -> None:
+    ok = run_cli(str(export))
+    assert ok.returncode == 0, ok.stderr
+    assert "PASS" in ok.stdout and "NOT PINNED" in ok.stdout and "size 1000" in ok.stdout
+    as_json = run_cli(str(export), "--json")
+    assert as_json.returncode == 0
+    body = json.loads(as_json.stdout)
+    assert body["ok"] is True and body["summary"]["size"] == 1000
+    assert body["summary"]["key_pinned"] is False
+
+    flip(export / "tile/0/001", 33)
+    bad = run_cli(str(export))
+    assert bad.returncode == 1
+    assert "FAIL" in bad.stdout and "ProofError" in bad.stdout and "tile/0/001" in bad.stdout
+    bad_json = run_cli(str(export), "--json")
+    assert bad_json.returncode == 1
+    assert json.loads(bad_json.stdout)["error"]["type"] == "ProofError"
+
+    assert run_cli(str(tmp_path / "nowhere")).returncode == 2
+    assert run_cli().returncode == 2
+
+
+def test_main_in_process(export: Path, signer: Signer, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(export), "--vkey", signer.verifier().vkey()]) == 0
+    assert "pinned by the caller" in capsys.readouterr().out
+    note = sign_checkpoint(checkpoint_of(make_leaves(5)), signer)
+    (export / "checkpoints" / "x").write_bytes(note)
+    assert main([str(export), "--json"]) == 1
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert err["type"] == "InconsistentTreeError" and len(err["evidence"]) == 2
