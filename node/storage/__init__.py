@@ -55,6 +55,12 @@ class SetInfo:
     root: bytes
     checkpoint: bytes | None
     checkpoint_size: int
+    #: "local" (this node's own log) or "mirror" (a verified copy of a partner's log)
+    kind: str = "local"
+    remote_url: str | None = None
+    remote_org: str | None = None
+    remote_set: str | None = None
+    reshare_into: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,11 @@ class Store(Protocol):
     async def create_set(self, name: str, origin: str, tlp: str, description: str) -> SetInfo:
         """Create an empty set; Conflict if the name or origin is taken."""
 
-    async def get_set(self, name: str) -> SetInfo:
-        """The set called ``name``; NotFound otherwise."""
+    async def get_set(self, name: str, kind: str | None = "local") -> SetInfo:
+        """The set called ``name`` (of that kind; None = any); NotFound otherwise."""
 
-    async def list_sets(self) -> list[SetInfo]: ...
+    async def list_sets(self, kind: str | None = "local") -> list[SetInfo]:
+        """Sets of that kind (None = all), by name."""
 
     async def append(self, set_name: str, items: Sequence[PreparedRecord]) -> list[AppendResult]:
         """Append records to the set's log (see contract). One result per item, in order."""

@@ -36,11 +36,11 @@ async def current_revision(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(read)
 
 
-async def upgrade(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest revision (idempotent; each step is its own transaction)."""
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (default: newest); idempotent, one transaction."""
 
     def run(conn: Connection) -> None:
-        command.upgrade(_config(conn), "head")
+        command.upgrade(_config(conn), revision)
 
     async with engine.begin() as conn:
         await conn.run_sync(run)

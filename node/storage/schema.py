@@ -30,8 +30,17 @@ sets = Table(
     "sets",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("name", String(64), nullable=False, unique=True),
+    Column("name", String(200), nullable=False, unique=True),
     Column("origin", String(200), nullable=False, unique=True),
+    # "local": this node's own log; "mirror": a verified copy of a partner's log (migration 0002)
+    Column("kind", String(16), nullable=False, default="local"),
+    # mirrors only: where the partner serves it, its org and set name, and where to re-share it
+    Column("remote_url", Text, nullable=True),
+    Column("remote_org", String(64), nullable=True),
+    Column("remote_set", String(64), nullable=True),
+    Column("reshare_into", String(64), nullable=True),
+    Column("sync_error", Text, nullable=True),
+    Column("synced_at", String(20), nullable=True),
     Column("description", Text, nullable=False, default=""),
     Column("tlp", String(16), nullable=False),
     Column("created", String(20), nullable=False),
@@ -82,3 +91,82 @@ checkpoints = Table(
     Column("created", String(20), nullable=False),
     PrimaryKeyConstraint("set_id", "size"),
 )
+
+# ---------------------------------------------------------------------------------------------
+# Federation (migration 0002)
+# ---------------------------------------------------------------------------------------------
+# A mirror is a set whose log is a verified copy of a partner's log (same indices, same bytes, same
+# root); sets.kind says which. Its name is "<partner org>:<remote set>" (a colon never appears in
+# local set names), its origin the partner's log origin, its checkpoint the partner's signed note.
+
+set_grants = Table(
+    "set_grants",
+    metadata,
+    Column("set_id", Integer, ForeignKey("sets.id"), nullable=False),
+    Column("org", String(64), nullable=False),
+    PrimaryKeyConstraint("set_id", "org"),
+)
+
+# Trust anchors: coordinators whose membership logs we follow, and partners pinned directly.
+trust = Table(
+    "trust",
+    metadata,
+    Column("org", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # "coordinator" | "partner"
+    Column("url", Text, nullable=False),
+    Column("vkey", Text, nullable=False),
+    Column("created", String(20), nullable=False),
+    PrimaryKeyConstraint("org", "kind"),
+)
+
+# RFC 9421 replay protection shared by every node process on one database.
+seen_nonces = Table(
+    "seen_nonces",
+    metadata,
+    Column("keyid", String(200), nullable=False),
+    Column("nonce", String(64), nullable=False),
+    Column("expires", BigInteger, nullable=False),
+    PrimaryKeyConstraint("keyid", "nonce"),
+)
+Index("ix_seen_nonces_expires", seen_nonces.c.expires)
+
+# Signed statements that prove misbehaviour (forks, rollbacks, bad tiles): kept forever.
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("origin", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("note_a", LargeBinary, nullable=True),
+    Column("note_b", LargeBinary, nullable=True),
+    Column("created", String(20), nullable=False),
+)
+
+# Entries this node re-shared: which upstream record each came from, and its receipt (JSON).
+reshares = Table(
+    "reshares",
+    metadata,
+    Column("set_id", Integer, ForeignKey("sets.id"), nullable=False),
+    Column("idx", BigInteger, nullable=False),
+    Column("upstream_origin", String(200), nullable=False),
+    Column("upstream_record", String(32), nullable=False),
+    Column("receipt", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("set_id", "idx"),
+)
+Index("ix_reshares_upstream", reshares.c.upstream_origin, reshares.c.upstream_record)
+
+# Derived view: attestations about entries, from every log this node holds.
+attestation_view = Table(
+    "attestation_view",
+    metadata,
+    Column("set_id", Integer, ForeignKey("sets.id"), nullable=False),
+    Column("idx", BigInteger, nullable=False),
+    Column("target_origin", String(200), nullable=False),
+    Column("target_record", String(32), nullable=False),
+    Column("attester", String(64), nullable=False),
+    Column("opinion", String(16), nullable=False),
+    Column("count", BigInteger, nullable=True),
+    PrimaryKeyConstraint("set_id", "idx"),
+)
+Index("ix_attestation_target", attestation_view.c.target_origin, attestation_view.c.target_record)

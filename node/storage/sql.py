@@ -140,20 +140,28 @@ class SqlStore:
             raise Conflict(f"a set called {name!r} already exists", field="name") from e
         return await self.get_set(name)
 
-    async def get_set(self, name: str) -> SetInfo:
+    async def get_set(self, name: str, kind: str | None = "local") -> SetInfo:
+        query = select(sets).where(sets.c.name == name)
+        if kind is not None:
+            query = query.where(sets.c.kind == kind)
         async with self._read.connect() as conn:
-            row = (await conn.execute(select(sets).where(sets.c.name == name))).first()
+            row = (await conn.execute(query)).first()
         if row is None:
             raise NotFound(f"no set called {name!r}", field="set")
         return _set_info(row)
 
-    async def list_sets(self) -> list[SetInfo]:
+    async def list_sets(self, kind: str | None = "local") -> list[SetInfo]:
+        query = select(sets).order_by(sets.c.name)
+        if kind is not None:
+            query = query.where(sets.c.kind == kind)
         async with self._read.connect() as conn:
-            rows = (await conn.execute(select(sets).order_by(sets.c.name))).all()
+            rows = (await conn.execute(query)).all()
         return [_set_info(r) for r in rows]
 
-    async def _lock_set(self, conn: AsyncConnection, set_name: str) -> Row[Any]:
-        query = select(sets).where(sets.c.name == set_name)
+    async def _lock_set(
+        self, conn: AsyncConnection, set_name: str, kind: str = "local"
+    ) -> Row[Any]:
+        query = select(sets).where(sets.c.name == set_name, sets.c.kind == kind)
         if not self.is_sqlite:
             query = query.with_for_update()
         row = (await conn.execute(query)).first()
@@ -458,6 +466,11 @@ def _set_info(row: Row[Any]) -> SetInfo:
         root=bytes(row.root),
         checkpoint=None if row.checkpoint is None else bytes(row.checkpoint),
         checkpoint_size=int(row.checkpoint_size),
+        kind=str(row.kind),
+        remote_url=row.remote_url,
+        remote_org=row.remote_org,
+        remote_set=row.remote_set,
+        reshare_into=row.reshare_into,
     )
 
 
