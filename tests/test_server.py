@@ -146,6 +146,10 @@ async def test_publish_validates_every_item_first(
         with pytest.raises(BadRequest) as info:
             await client.publish("s", items)
         assert [d["item"] for d in info.value.details] == [2, 3]
+        late = [*sha256_items(2), {**sha256_items(1)[0], "vetted_at": "yesterday"}]
+        with pytest.raises(BadRequest) as info:
+            await client.publish("s", late)  # passes entry_input, fails as a record
+        assert [d["item"] for d in info.value.details] == [2]
         with pytest.raises(NotFound):
             await client.publish("nope", sha256_items(1))
         assert (await client.get_set("s"))["size"] == 0

@@ -308,6 +308,27 @@ def _publish_inputs(publish: list[Any]) -> list[EntryInput]:
         )
     return items
 
+def _locate_bad_items(
+    service: NodeService, set_name: str, items: list[EntryInput]
+) -> BadRequest | None:
+    """Which items fail record validation (e.g. a malformed timestamp), as the 400 to send.
+
+    Only run after publish() refused the batch (nothing was stored), so the common path builds
+    every record once.
+    """
+    errors: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        try:
+            service.prepare_entries(set_name, [item])
+        except FormatError as e:
+            errors.append({"item": i, "message": e.diagnostics()})
+    if not errors:
+        return None
+    return BadRequest(
+        f"{len(errors)} bad publish item(s); nothing was stored", field="publish", details=errors
+    )
+
+
 def _check_revocations(revoke: list[Any]) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
     for i, obj in enumerate(revoke):
@@ -355,7 +376,10 @@ async def post_records(request: web.Request) -> web.Response:
     items = _publish_inputs(publish)
     _check_revocations(revoke)
 
-    published = await service.publish(name, items) if items else []
+    try:
+        published = await service.publish(name, items) if items else []
+    except FormatError as e:
+        raise _locate_bad_items(service, name, items) or e from e
     state.metrics.appended(name, published)
     revoked: list[AppendResult] = []
     for i, obj in enumerate(revoke):
