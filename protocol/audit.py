@@ -463,6 +463,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"{parser.prog}: error: {root} is not a directory", file=sys.stderr)
         return 2
+    if args.vkey is not None:
+        try:
+            Verifier.from_vkey(args.vkey.strip())
+        except FormatError as e:
+            parser.print_usage(sys.stderr)
+            print(f"{parser.prog}: error: --vkey: {e.diagnostics()}", file=sys.stderr)
+            return 2
     # The one place audit errors become output.
     try:
         summary = audit_directory(root, trusted_vkey=args.vkey)

@@ -267,14 +267,25 @@ class LogAuditor:
 
         A leaf that fails is not added, so the auditor stays consistent but the audit has failed.
         """
-        self._add(data)
+        self._range.extend((self._check(data, self._range.size),))
 
     def add_many(self, leaves: Iterable[bytes]) -> list[bytes]:
-        """Add leaves in order and return their leaf hashes (for callers that also build tiles)."""
-        return [self._add(data) for data in leaves]
+        """Add leaves in order and return their leaf hashes (for callers that also build tiles).
 
-    def _add(self, data: bytes) -> bytes:
-        index = self._range.size
+        If one fails, the leaves before it stay added, as if :meth:`add` had been called on each.
+        """
+        hashes: list[bytes] = []
+        base = self._range.size
+        try:
+            for data in leaves:
+                hashes.append(self._check(data, base + len(hashes)))
+        finally:
+            # One extend for the batch: the tree fold is cheaper without per-leaf calls.
+            self._range.extend(hashes)
+        return hashes
+
+    def _check(self, data: bytes, index: int) -> bytes:
+        """Validate leaf ``index`` and update the counts; return its leaf hash (tree untouched)."""
         where = f"index {index}"
         try:
             record = verify_record(data)
@@ -288,11 +299,9 @@ class LogAuditor:
             self._add_entry(record, index, where)
         elif isinstance(record, Revocation):
             self._add_revocation(record, index, where)
-        h = merkle.leaf_hash(bytes(data))
-        self._range.extend((h,))
         self._types[record.type] += 1
         self._authors[record.author] += 1
-        return h
+        return merkle.leaf_hash(bytes(data))
 
     def _add_entry(self, entry: Entry, index: int, where: str) -> None:
         rid = bytes.fromhex(entry.id)

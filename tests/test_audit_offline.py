@@ -380,6 +380,7 @@ def test_cli_exit_codes(export: Path, tmp_path: Path) -> None:
 
     assert run_cli(str(tmp_path / "nowhere")).returncode == 2
     assert run_cli().returncode == 2
+    assert run_cli(str(export), "--vkey", "not-a-key").returncode == 2
 
 
 def test_main_in_process(export: Path, signer: Signer, capsys: pytest.CaptureFixture[str]) -> None:
