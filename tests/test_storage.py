@@ -191,3 +191,44 @@ async def test_concurrent_writers_never_share_an_index(database_url: str) -> Non
     finally:
         await first.close()
         await second.close()
+
+
+async def test_mirror_appends_exact_leaves_and_adopts_checkpoints(database_url: str) -> None:
+    from protocol.errors import VerificationError
+
+    store = await open_store(database_url)
+    try:
+        await store.create_mirror(
+            "partner.example:csam", "partner.example/csam", remote_url="http://127.0.0.1:1",
+            remote_org="partner.example", remote_set="csam", tlp="green",
+        )
+        # mirrors are invisible to everything that lists or serves local sets
+        assert await store.list_sets() == []
+        with pytest.raises(NotFound):
+            await store.get_set("partner.example:csam")
+
+        a, b = make_entry(), make_entry()
+        dup = make_entry(a.hash.value)  # a partner's log may hold what we would call duplicates
+        items = [PreparedRecord.of(a), PreparedRecord.of(b), PreparedRecord.of(dup)]
+        info = await store.append_mirror("partner.example:csam", 0, items)
+        assert info.size == 3 and info.checkpoint is None
+        with pytest.raises(Conflict):  # someone else advanced it: the cursor is the size
+            await store.append_mirror("partner.example:csam", 0, items)
+
+        rev = make_revocation(a)
+        leaves = [it.leaf_hash for it in items] + [rev.leaf_hash]
+        root = merkle.root_from_leaf_hashes(leaves)
+        with pytest.raises(VerificationError):  # wrong root: nothing adopted, nothing stored
+            await store.append_mirror("partner.example:csam", 3, [rev],
+                                      checkpoint=(b"note", 4, b"\0" * 32))
+        assert (await store.get_set("partner.example:csam", kind="mirror")).size == 3
+        info = await store.append_mirror("partner.example:csam", 3, [rev],
+                                         checkpoint=(b"note", 4, root))
+        assert (info.size, info.checkpoint, info.checkpoint_size, info.root) == (
+            4, b"note", 4, root)
+        found = await store.find_entries(hash_key("sha256", a.hash.value))
+        assert sorted((f.index, f.revoked_by) for f in found) == [(0, 3), (2, None)]
+        with pytest.raises(VerificationError, match="not an active entry"):
+            await store.append_mirror("partner.example:csam", 4, [make_revocation(a)])
+    finally:
+        await store.close()

@@ -29,10 +29,11 @@ from node.storage import (
     hash_key,
 )
 from node.storage import migrate as _migrate
-from node.storage.schema import checkpoints, records, sets, tiles
+from node.storage.schema import attestation_view, checkpoints, evidence, records, sets, tiles
 from protocol import merkle
 from protocol import tiles as tlog
-from protocol.records import Entry, Revocation, timestamp
+from protocol.errors import VerificationError
+from protocol.records import Attestation, Entry, Revocation, timestamp
 from protocol.tiles import TileRef
 
 #: parameters per IN (...) list: far below SQLite's and asyncpg's limits
@@ -221,6 +222,7 @@ class SqlStore:
             leaf_hashes: list[bytes] = []
             revoked: list[dict[str, Any]] = []
             batch_entries: dict[str, tuple[int, bytes | None]] = {}
+            attestations: list[dict[str, Any]] = []
             next_index = size
             for it in items:
                 rec = it.record
@@ -241,6 +243,8 @@ class SqlStore:
                         )
                     del active[target_key]
                     revoked.append({"b_set": set_id, "b_idx": target_idx, "b_by": next_index})
+                elif isinstance(rec, Attestation):
+                    attestations.append(_attestation_row(set_id, next_index, rec))
                 new_rows.append(
                     (set_id, next_index, rec.id, rec.type, it.hash_key, it.data, None)
                 )
@@ -252,41 +256,182 @@ class SqlStore:
 
             # 4. Records, view updates and tiles, all in this one transaction: a crash anywhere
             # before COMMIT leaves the log exactly as it was; after it, all of it is there.
-            try:
-                # Raw DBAPI executemany: SQLAlchemy's per-value type processing costs more than
-                # SQLite's insert itself for a million rows.
-                await conn.exec_driver_sql(
-                    "INSERT INTO records (set_id, idx, record_id, kind, hash_key, data,"
-                    f" revoked_by) VALUES ({self._params(7)})",
-                    new_rows,
-                )
-            except IntegrityError as e:
-                raise Conflict("a record with this id is already in the set", field="id") from e
-            # Rows appended in this very batch get their revoked_by set after the insert.
-            if revoked:
-                await conn.execute(
-                    update(records)
-                    .where(
-                        and_(
-                            records.c.set_id == bindparam("b_set"),
-                            records.c.idx == bindparam("b_idx"),
-                        )
-                    )
-                    .values(revoked_by=bindparam("b_by")),
-                    revoked,
-                )
-            edge = await self._read_tiles(conn, set_id, tlog.right_edge_tiles(size))
-            changed = tlog.update_tiles(size, edge, leaf_hashes)
-            await self._upsert_tiles(conn, set_id, changed)
-            new_size = next_index
-            needed = [r for r in tlog.root_tiles(new_size) if r not in changed]
-            have = dict(changed)
-            have.update(await self._read_tiles(conn, set_id, needed))
-            root = tlog.root_from_tiles(new_size, have)
+            root = await self._write_out(conn, set_id, size, new_rows, leaf_hashes, revoked)
+            if attestations:
+                await conn.execute(attestation_view.insert(), attestations)
             await conn.execute(
-                update(sets).where(sets.c.id == set_id).values(size=new_size, root=root)
+                update(sets).where(sets.c.id == set_id).values(size=next_index, root=root)
             )
         return results
+
+    async def _write_out(
+        self,
+        conn: AsyncConnection,
+        set_id: int,
+        size: int,
+        new_rows: list[tuple[Any, ...]],
+        leaf_hashes: list[bytes],
+        revoked: list[dict[str, Any]],
+    ) -> bytes:
+        """Insert rows, update the revoked_by view, write tiles; return the new root."""
+        try:
+            # Raw DBAPI executemany: SQLAlchemy's per-value type processing costs more than
+            # SQLite's insert itself for a million rows.
+            await conn.exec_driver_sql(
+                "INSERT INTO records (set_id, idx, record_id, kind, hash_key, data,"
+                f" revoked_by) VALUES ({self._params(7)})",
+                new_rows,
+            )
+        except IntegrityError as e:
+            raise Conflict("a record with this id is already in the set", field="id") from e
+        # Rows appended in this very batch get their revoked_by set after the insert.
+        if revoked:
+            await conn.execute(
+                update(records)
+                .where(
+                    and_(
+                        records.c.set_id == bindparam("b_set"),
+                        records.c.idx == bindparam("b_idx"),
+                    )
+                )
+                .values(revoked_by=bindparam("b_by")),
+                revoked,
+            )
+        edge = await self._read_tiles(conn, set_id, tlog.right_edge_tiles(size))
+        changed = tlog.update_tiles(size, edge, leaf_hashes)
+        await self._upsert_tiles(conn, set_id, changed)
+        new_size = size + len(leaf_hashes)
+        needed = [r for r in tlog.root_tiles(new_size) if r not in changed]
+        have = dict(changed)
+        have.update(await self._read_tiles(conn, set_id, needed))
+        return tlog.root_from_tiles(new_size, have)
+
+    # -- mirrors: verified copies of partners' logs -----------------------------------------------
+
+    async def create_mirror(
+        self,
+        name: str,
+        origin: str,
+        *,
+        remote_url: str,
+        remote_org: str,
+        remote_set: str,
+        tlp: str,
+        reshare_into: str | None = None,
+    ) -> SetInfo:
+        try:
+            async with self._write_tx() as conn:
+                await conn.execute(
+                    sets.insert().values(
+                        name=name, origin=origin, tlp=tlp, description="", kind="mirror",
+                        created=timestamp(), size=0, root=merkle.EMPTY_ROOT, checkpoint=None,
+                        checkpoint_size=0, remote_url=remote_url, remote_org=remote_org,
+                        remote_set=remote_set, reshare_into=reshare_into,
+                    )
+                )
+        except IntegrityError as e:
+            raise Conflict(f"already subscribed to {origin}", field="set") from e
+        return await self.get_set(name, kind="mirror")
+
+    async def append_mirror(
+        self,
+        name: str,
+        start: int,
+        items: Sequence[PreparedRecord],
+        *,
+        checkpoint: tuple[bytes, int, bytes] | None = None,
+    ) -> SetInfo:
+        """Append a partner's leaves at exactly their indices; optionally adopt its checkpoint.
+
+        The caller has verified every leaf against a signed checkpoint (node.federation.sync).
+        This transaction checks what only the database knows: that the mirror is still at
+        ``start`` (no other process synced it meanwhile: Conflict), that revocations name active
+        entries of this log (VerificationError otherwise: the partner's log is invalid), and, with
+        ``checkpoint=(note, size, root)``, that the stored tree now has exactly that size and root
+        before the note is adopted. Any failure rolls back everything: the cursor (the mirror's
+        size) advances in the same transaction as the data, so a killed sync resumes cleanly.
+        """
+        async with self._write_tx() as conn:
+            row = await self._lock_set(conn, name, kind="mirror")
+            set_id, size = int(row.id), int(row.size)
+            if size != start:
+                raise Conflict(f"mirror {name} is at size {size}, not {start}")
+            targets = [it.record.target for it in items if isinstance(it.record, Revocation)]
+            found: dict[str, tuple[int, int | None]] = {}
+            for chunk in _chunks(targets, _IN_CHUNK):
+                result = await conn.execute(
+                    select(records.c.record_id, records.c.idx, records.c.revoked_by).where(
+                        records.c.set_id == set_id,
+                        records.c.record_id.in_(chunk),
+                        records.c.kind == "entry",
+                    )
+                )
+                for r in result:
+                    found[str(r.record_id)] = (int(r.idx), r.revoked_by)
+            new_rows: list[tuple[Any, ...]] = []
+            revoked: list[dict[str, Any]] = []
+            attestations: list[dict[str, Any]] = []
+            index = size
+            for it in items:
+                rec = it.record
+                if isinstance(rec, Entry):
+                    found[rec.id] = (index, None)
+                elif isinstance(rec, Revocation):
+                    target = found.get(rec.target)
+                    if target is None or target[1] is not None:
+                        raise VerificationError(
+                            f"{row.origin} record {index} revokes {rec.target}, which is not an"
+                            " active entry of that log"
+                        )
+                    found[rec.target] = (target[0], index)
+                    revoked.append({"b_set": set_id, "b_idx": target[0], "b_by": index})
+                elif isinstance(rec, Attestation):
+                    attestations.append(_attestation_row(set_id, index, rec))
+                new_rows.append((set_id, index, rec.id, rec.type, it.hash_key, it.data, None))
+                index += 1
+            leaf_hashes = [it.leaf_hash for it in items]
+            root = (
+                await self._write_out(conn, set_id, size, new_rows, leaf_hashes, revoked)
+                if items
+                else bytes(row.root)
+            )
+            if attestations:
+                await conn.execute(attestation_view.insert(), attestations)
+            values: dict[str, Any] = {"size": index, "root": root, "synced_at": timestamp(),
+                                      "sync_error": None}
+            if checkpoint is not None:
+                note, cp_size, cp_root = checkpoint
+                if (index, root) != (cp_size, cp_root):
+                    raise VerificationError(
+                        f"mirror of {row.origin} has size {index} and a different root than"
+                        f" the checkpoint for size {cp_size}"
+                    )
+                values.update(checkpoint=note, checkpoint_size=cp_size)
+            await conn.execute(update(sets).where(sets.c.id == set_id).values(**values))
+        return await self.get_set(name, kind="mirror")
+
+    async def set_sync_error(self, name: str, message: str | None) -> None:
+        async with self._write_tx() as conn:
+            await conn.execute(
+                update(sets).where(sets.c.name == name).values(sync_error=message)
+            )
+
+    async def add_evidence(
+        self, origin: str, kind: str, detail: str, note_a: bytes | None, note_b: bytes | None
+    ) -> None:
+        """Keep proof of misbehaviour (fork, rollback, bad tile) forever."""
+        async with self._write_tx() as conn:
+            await conn.execute(
+                evidence.insert().values(
+                    origin=origin, kind=kind, detail=detail, note_a=note_a, note_b=note_b,
+                    created=timestamp(),
+                )
+            )
+
+    async def list_evidence(self) -> list[dict[str, Any]]:
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(select(evidence).order_by(evidence.c.id))).all()
+        return [dict(r._mapping) for r in rows]
 
     @staticmethod
     def _revocation_target(
@@ -436,6 +581,14 @@ class SqlStore:
         out = {str(k): int(c) for k, c in rows}
         out["active"] = int(active)
         return out
+
+
+def _attestation_row(set_id: int, index: int, rec: Attestation) -> dict[str, Any]:
+    return {
+        "set_id": set_id, "idx": index, "target_origin": rec.target_origin,
+        "target_record": rec.target, "attester": rec.author, "opinion": rec.opinion,
+        "count": rec.count,
+    }
 
 
 def _stored_query() -> Any:
