@@ -195,6 +195,10 @@ def running_server_url(cfg: NodeConfig) -> str | None:
         pid, url = int(info["pid"]), str(info["url"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if pid == os.getpid():
+        # A stale file naming us: in a container every run is pid 1, so a killed run's file
+        # would otherwise name its own successor.
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -55,7 +55,8 @@ class Sequencer:
         self._store = store
         self._signer_for = signer_for
         self._interval = checkpoint_interval
-        self._on_checkpoint = on_checkpoint
+        #: called with (set name, note) after every checkpoint is stored (metrics, push events)
+        self.on_checkpoint = on_checkpoint
         self._queues: dict[str, asyncio.Queue[_Pending]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
@@ -115,8 +116,8 @@ class Sequencer:
     async def checkpoint(self, set_name: str) -> bytes | None:
         """Sign a checkpoint for the set now if its tree grew."""
         note = await self._store.store_checkpoint(set_name, self._sign)
-        if note is not None and self._on_checkpoint is not None:
-            self._on_checkpoint(set_name, note)
+        if note is not None and self.on_checkpoint is not None:
+            self.on_checkpoint(set_name, note)
         return note
 
     async def sign_all(self) -> None:
@@ -128,14 +129,16 @@ class Sequencer:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            dirty, self._dirty = self._dirty, set()
-            for name in sorted(dirty):
+            for name in sorted(self._dirty):
+                # Leave the name in _dirty until its checkpoint is stored: if stop() cancels us
+                # mid-signature, stop() still signs it.
                 try:
                     await self.checkpoint(name)
                 except Exception:
                     log.exception("signing a checkpoint for %s failed; will retry", name)
-                    self._dirty.add(name)
                     self._wake.set()
+                else:
+                    self._dirty.discard(name)
             await asyncio.sleep(self._interval)
 
     def start(self) -> None:

@@ -23,6 +23,14 @@ async def test_upgrade_from_first_revision_keeps_data(database_url: str) -> None
                 ),
                 {"root": b"\0" * 32},
             )
+            # a record referencing the set: a table-copy migration of `sets` would fail on it
+            await conn.execute(
+                text(
+                    "INSERT INTO records (set_id, idx, record_id, kind, hash_key, data)"
+                    " VALUES (1, 0, :rid, 'entry', NULL, :data)"
+                ),
+                {"rid": "0" * 32, "data": b"{}"},
+            )
         await migrate.upgrade(store._write)
         assert await migrate.current_revision(store._write) == migrate.head_revision()
         await migrate.upgrade(store._write)  # idempotent

@@ -137,7 +137,7 @@ def build_app(service: NodeService, operator_token: str) -> web.Application:
     """The node's HTTP application over an open service (the caller owns the service)."""
     metrics = NodeMetrics()
     # The sequencer has no public hook yet; it calls this after every checkpoint it signs.
-    service.sequencer._on_checkpoint = metrics.checkpoint_signed
+    service.sequencer.on_checkpoint = metrics.checkpoint_signed
     app = web.Application(
         middlewares=[_metrics_middleware(metrics), error_middleware],
         client_max_size=MAX_BODY,

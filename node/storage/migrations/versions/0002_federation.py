@@ -16,17 +16,21 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("sets") as batch:
-        batch.alter_column("name", type_=sa.String(200), existing_type=sa.String(64))
-        batch.add_column(
-            sa.Column("kind", sa.String(16), nullable=False, server_default="local")
-        )
-        batch.add_column(sa.Column("remote_url", sa.Text, nullable=True))
-        batch.add_column(sa.Column("remote_org", sa.String(64), nullable=True))
-        batch.add_column(sa.Column("remote_set", sa.String(64), nullable=True))
-        batch.add_column(sa.Column("reshare_into", sa.String(64), nullable=True))
-        batch.add_column(sa.Column("sync_error", sa.Text, nullable=True))
-        batch.add_column(sa.Column("synced_at", sa.String(20), nullable=True))
+    # Plain ADD COLUMN, no batch (table copy) mode: SQLite adds columns in place, and a table copy
+    # would have to drop `sets`, which the foreign keys of existing records forbid. SQLite does not
+    # enforce VARCHAR lengths, so only PostgreSQL needs the wider name column.
+    if op.get_bind().dialect.name != "sqlite":
+        op.alter_column("sets", "name", type_=sa.String(200), existing_type=sa.String(64))
+    op.add_column("sets", sa.Column("kind", sa.String(16), nullable=False, server_default="local"))
+    for name, type_ in (
+        ("remote_url", sa.Text()),
+        ("remote_org", sa.String(64)),
+        ("remote_set", sa.String(64)),
+        ("reshare_into", sa.String(64)),
+        ("sync_error", sa.Text()),
+        ("synced_at", sa.String(20)),
+    ):
+        op.add_column("sets", sa.Column(name, type_, nullable=True))
     op.create_table(
         "set_grants",
         sa.Column("set_id", sa.Integer, sa.ForeignKey("sets.id"), nullable=False),
@@ -95,8 +99,8 @@ def downgrade() -> None:
     op.drop_table("seen_nonces")
     op.drop_table("trust")
     op.drop_table("set_grants")
-    with op.batch_alter_table("sets") as batch:
-        for col in ("synced_at", "sync_error", "reshare_into", "remote_set", "remote_org",
-                    "remote_url", "kind"):
-            batch.drop_column(col)
-        batch.alter_column("name", type_=sa.String(64), existing_type=sa.String(200))
+    for col in ("synced_at", "sync_error", "reshare_into", "remote_set", "remote_org",
+                "remote_url", "kind"):
+        op.drop_column("sets", col)
+    if op.get_bind().dialect.name != "sqlite":
+        op.alter_column("sets", "name", type_=sa.String(64), existing_type=sa.String(200))
