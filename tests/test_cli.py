@@ -435,8 +435,12 @@ def _wait_until_serving(data: Path, proc: subprocess.Popen[bytes]) -> str:
 
 
 def test_publish_through_running_server(
-    served: tuple[Path, subprocess.Popen[bytes], str], tmp_path: Path, free_port: int
+    served: tuple[Path, subprocess.Popen[bytes], str],
+    tmp_path: Path,
+    free_port: int,
+    run: InProcess,
 ) -> None:
+    """The server is a real process; after the first publish the CLI runs in-process (faster)."""
     data, proc, url = served
     assert url == f"http://127.0.0.1:{free_port}"
     values = sha256s(30)
@@ -445,29 +449,28 @@ def test_publish_through_running_server(
 
     out = ok("publish", "--data", data, "--set", "demo", src)
     assert out.strip() == "published 30 new entries (0 duplicates) to demo; log size 30"
-    out = ok("publish", "--data", data, "--set", "demo", "-", input=jsonl(values[:10]))
+    out = run.ok("publish", "--data", data, "--set", "demo", "-", input=jsonl(values[:10]))
     assert out.strip() == "published 0 new entries (10 duplicates) to demo; log size 30"
-    assert "created set second" in ok("set", "create", "second", "--tlp", "amber", "--data", data)
-    ok("publish", "--data", data, "--set", "second", "-", input=jsonl(values[:5]))
-    ok(
+    out = run.ok("set", "create", "second", "--tlp", "amber", "--data", data)
+    assert out.startswith("created set second (TLP:AMBER")
+    run.ok("publish", "--data", data, "--set", "second", "-", input=jsonl(values[:5]))
+    run.ok(
         "revoke", "--data", data, "--set", "demo", "--hash-type", "sha256",
         "--hash-value", values[0], "--reason", "duplicate",
     )  # fmt: skip
-    assert lookup(data, values[0])["matches"][0]["state"] == "revoked"
-    assert {m["set"] for m in lookup(data, values[1])["matches"]} == {"demo", "second"}
+    assert run.lookup(data, values[0])["matches"][0]["state"] == "revoked"
+    assert {m["set"] for m in run.lookup(data, values[1])["matches"]} == {"demo", "second"}
     # A bad file is refused before anything reaches the server.
-    assert "line 1:" in hashfed(
-        "publish", "--data", data, "--set", "demo", "-", input=b"{}\n"
-    ).stderr
+    assert "line 1:" in run("publish", "--data", data, "--set", "demo", "-", input=b"{}\n")[2]
 
     # Proof that writes went through the server: with the wrong token the server refuses them.
     token = (data / TOKEN_FILE).read_text()
     (data / TOKEN_FILE).write_text("wrong-token\n")
-    line = fails(1, "publish", "--data", data, "--set", "demo", src)
+    line = run.fails(1, "publish", "--data", data, "--set", "demo", src)
     assert line.startswith("error:")
     (data / TOKEN_FILE).write_text(token)
     # serve refuses a second server on the same data directory.
-    assert "already running" in fails(2, "serve", "--data", data, "--listen", "127.0.0.1:0")
+    assert "already running" in run.fails(2, "serve", "--data", data, "--listen", "127.0.0.1:0")
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
@@ -477,15 +480,15 @@ def test_publish_through_running_server(
     assert f"serving {url}: origin {ORIGIN}, sets: demo" in log
 
     # The final checkpoints cover everything written through the server.
-    sets = set_sizes(data)
+    sets = {s["name"]: s for s in json.loads(run.ok("set", "list", "--data", data, "--json"))}
     assert sets["demo"]["size"] == 31 and sets["second"]["size"] == 5
     for name, size in (("demo", 31), ("second", 5)):
         out_dir = tmp_path / f"export-{name}"
-        ok("export", "--data", data, "--set", name, "--out", out_dir)
+        run.ok("export", "--data", data, "--set", name, "--out", out_dir)
         verifier = Verifier.from_vkey((out_dir / "vkey").read_text().strip())
         assert verify_checkpoint((out_dir / "checkpoint").read_bytes(), verifier).size == size
     # With the server gone, the CLI writes directly again.
-    out = ok("publish", "--data", data, "--set", "demo", "-", input=jsonl(sha256s(1)))
+    out = run.ok("publish", "--data", data, "--set", "demo", "-", input=jsonl(sha256s(1)))
     assert "log size 32" in out
 
 
