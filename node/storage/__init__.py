@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from protocol.merkle import leaf_hash
 from protocol.records import Attestation, Entry, Membership, Revocation, encode_record
@@ -77,6 +77,19 @@ class PreparedRecord:
         data = encode_record(record) if data is None else data
         key = hash_key(record.hash.type, record.hash.value) if isinstance(record, Entry) else None
         return cls(record=record, data=data, leaf_hash=leaf_hash(data), hash_key=key)
+
+
+def spooled_entry(record_id: str, data: bytes, key: bytes) -> PreparedRecord:
+    """A PreparedRecord for an entry this process built and validated moments ago.
+
+    Only for the CLI's two-pass import: pass 1 builds and validates every entry (Entry model) and
+    spools its canonical bytes to a private temporary file; pass 2 appends them without paying for
+    validation again. The model is constructed without validation and carries only what the
+    append transaction reads (id, type); the bytes stored are the validated ones.
+    """
+    fields: dict[str, Any] = {"id": record_id, "type": "entry"}
+    shell = Entry.model_construct(**fields)
+    return PreparedRecord(record=shell, data=data, leaf_hash=leaf_hash(data), hash_key=key)
 
 
 @dataclass(frozen=True)
