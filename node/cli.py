@@ -84,9 +84,11 @@ class _Operator:
 
     async def check_set(self, name: str) -> None:
         """NotFound before a long validation pass, when the set does not exist."""
-        if self._service is not None:
+        if self._client is not None:
+            await self._client.get_set(name)
+        else:
+            assert self._service is not None
             await self._service.store.get_set(name)
-        # Through a server the first publish call says the same; the CLI has no read API to ask.
 
     async def publish(self, name: str, items: list[EntryInput]) -> list[AppendResult]:
         if self._client is not None:

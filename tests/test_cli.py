@@ -469,6 +469,7 @@ def test_publish_through_running_server(
     line = run.fails(1, "publish", "--data", data, "--set", "demo", src)
     assert line.startswith("error:")
     (data / TOKEN_FILE).write_text(token)
+    assert "no set" in run.fails(1, "publish", "--data", data, "--set", "nope", src)
     # serve refuses a second server on the same data directory.
     assert "already running" in run.fails(2, "serve", "--data", data, "--listen", "127.0.0.1:0")
 
