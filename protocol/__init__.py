@@ -1,1 +1,132 @@
-"""hashfed protocol: records, canonical JSON, Merkle logs, signed checkpoints; pure and offline."""
+"""hashfed protocol: records, canonical JSON, Merkle logs, signed checkpoints; pure and offline.
+
+Everything an auditor needs to verify a hashfed node's output without trusting it, importable with
+only ``cryptography`` and ``pydantic`` installed (no network, no database, no asyncio). The names
+below are the public surface; submodules hold the details and the lower-level helpers.
+
+Verification functions return ``None`` (or the verified object) or raise a
+:class:`~protocol.errors.ProtocolError`: see :mod:`protocol.errors` for the hierarchy.
+"""
+
+from protocol.audit import ExportAuditSummary, audit_directory
+from protocol.checkpoint import (
+    Checkpoint,
+    CosignatureSigner,
+    CosignatureVerifier,
+    add_cosignatures,
+    cosignatures,
+    parse_checkpoint,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from protocol.errors import (
+    FormatError,
+    InconsistentTreeError,
+    ProofError,
+    ProtocolError,
+    RecordTooLargeError,
+    SignatureError,
+    VerificationError,
+)
+from protocol.hashtypes import HASH_TYPES, HashType, check_hash
+from protocol.jcs import canonicalize, parse_canonical, parse_json
+from protocol.membership import Member, MembershipState, fold_membership
+from protocol.merkle import (
+    CompactRange,
+    leaf_hash,
+    root_from_leaf_hashes,
+    verify_consistency,
+    verify_inclusion,
+)
+from protocol.mirror import VerifiedTree, verify_bundle, verify_tree_tiles
+from protocol.note import Note, Signer, Verifier, open_note, parse_note, sign_note
+from protocol.receipts import Receipt, reshared_entry_fields, verify_receipt_chain
+from protocol.records import (
+    MAX_RECORD_SIZE,
+    Attestation,
+    Entry,
+    Membership,
+    Record,
+    Revocation,
+    decode_record,
+    encode_record,
+    record_from_dict,
+)
+from protocol.tiles import TileRef, decode_entry_bundle, encode_entry_bundle, parse_tile_path
+from protocol.verify import (
+    AuditSummary,
+    LogAuditor,
+    check_fork,
+    verify_consistency_of,
+    verify_inclusion_of,
+    verify_log,
+    verify_record,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HASH_TYPES",
+    "MAX_RECORD_SIZE",
+    "Attestation",
+    "AuditSummary",
+    "Checkpoint",
+    "CompactRange",
+    "CosignatureSigner",
+    "CosignatureVerifier",
+    "Entry",
+    "ExportAuditSummary",
+    "FormatError",
+    "HashType",
+    "InconsistentTreeError",
+    "LogAuditor",
+    "Member",
+    "Membership",
+    "MembershipState",
+    "Note",
+    "ProofError",
+    "ProtocolError",
+    "Receipt",
+    "Record",
+    "RecordTooLargeError",
+    "Revocation",
+    "SignatureError",
+    "Signer",
+    "TileRef",
+    "VerificationError",
+    "VerifiedTree",
+    "Verifier",
+    "add_cosignatures",
+    "audit_directory",
+    "canonicalize",
+    "check_fork",
+    "check_hash",
+    "cosignatures",
+    "decode_entry_bundle",
+    "decode_record",
+    "encode_entry_bundle",
+    "encode_record",
+    "fold_membership",
+    "leaf_hash",
+    "open_note",
+    "parse_canonical",
+    "parse_checkpoint",
+    "parse_json",
+    "parse_note",
+    "parse_tile_path",
+    "record_from_dict",
+    "reshared_entry_fields",
+    "root_from_leaf_hashes",
+    "sign_checkpoint",
+    "sign_note",
+    "verify_bundle",
+    "verify_checkpoint",
+    "verify_consistency",
+    "verify_consistency_of",
+    "verify_inclusion",
+    "verify_inclusion_of",
+    "verify_log",
+    "verify_receipt_chain",
+    "verify_record",
+    "verify_tree_tiles",
+]
