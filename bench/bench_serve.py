@@ -2,9 +2,9 @@
 
 Builds (once, cached under --cache) a node with --entries entries, starts `hashfed serve` on
 127.0.0.1, and drives it from a separate load process (aiohttp client, --concurrency connections,
---requests requests over random full hash tiles or entry bundles). The floor is the same load against
-a minimal aiohttp server in its own process that answers every path with fixed bytes of the same
-size: what the HTTP stack alone costs. Rounds alternate; medians and the ratio are printed.
+--requests requests over random full hash tiles or entry bundles). The floor is the same load
+against a minimal aiohttp server in its own process that answers every path with fixed bytes of the
+same size: what the HTTP stack alone costs. Rounds alternate; medians and the ratio are printed.
 
     .venv/bin/python bench/bench_serve.py --entries 1000000 --kind tiles
 """
