@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -51,7 +52,7 @@ def floor(path: Path, db: Path) -> float:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("CREATE TABLE leaves (idx INTEGER PRIMARY KEY, hash BLOB, data BLOB)")
 
-    def rows():  # type: ignore[no-untyped-def]
+    def rows() -> Iterator[tuple[int, bytes, bytes]]:
         with path.open("rb") as f:
             for i, line in enumerate(f):
                 orjson.loads(line)
