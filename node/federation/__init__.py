@@ -1,0 +1,1 @@
+"""Federation: partner authentication, membership, subscriptions (mirrors), sync and push."""
