@@ -48,6 +48,7 @@ __all__ = [
     "format_keyid",
     "parse_keyid",
     "sign_request",
+    "signature_keyid",
     "verify_request",
 ]
 
@@ -327,6 +328,26 @@ def verify_request(
                 f"content-digest mismatch: {_reason(e)}", field="Content-Digest"
             ) from e
     return SignedBy(keyid=keyid, key_name=key_name, key_id=key_id, created=created, nonce=nonce)
+
+
+def signature_keyid(headers: Mapping[str, str]) -> tuple[str, bytes] | None:
+    """(key name, key ID) the ``hashfed`` signature names, or None when the request is unsigned.
+
+    A peek, so that a caller can look the key up (asynchronously) before :func:`verify_request`;
+    Unauthorized if the headers are malformed. Nothing here is verified yet.
+    """
+    value = _field(headers, "signature-input")
+    if value is None:
+        return None
+    member = _dictionary(value, "Signature-Input").get(LABEL)
+    if member is None:
+        raise Unauthorized(f"malformed signature: no signature labelled {LABEL!r}",
+                           field="Signature-Input")
+    keyid = member[1].get("keyid")
+    if not isinstance(keyid, str):
+        raise Unauthorized("malformed signature: the 'keyid' parameter is missing",
+                           field="Signature-Input")
+    return parse_keyid(keyid)
 
 
 def _reason(e: Exception) -> str:

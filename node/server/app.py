@@ -35,6 +35,7 @@ from node.errors import (
     Unavailable,
     error_body,
 )
+from node.federation.members import Federation
 from node.server.auth import Authenticator
 from node.server.cache import ByteLRU
 from node.server.metrics import NodeMetrics
@@ -138,11 +139,14 @@ def build_app(service: NodeService, operator_token: str) -> web.Application:
     metrics = NodeMetrics()
     # The sequencer has no public hook yet; it calls this after every checkpoint it signs.
     service.sequencer.on_checkpoint = metrics.checkpoint_signed
+    federation = Federation(service.store, service.cfg.org)
+    auth = Authenticator(operator_token, federation, public_url=service.cfg.public_url)
     app = web.Application(
-        middlewares=[_metrics_middleware(metrics), error_middleware],
+        # auth inside the error middleware: a refused signature gets the one JSON error shape
+        middlewares=[_metrics_middleware(metrics), error_middleware, auth.middleware],
         client_max_size=MAX_BODY,
     )
-    app[STATE] = NodeState(service, Authenticator(operator_token), metrics, ByteLRU())
+    app[STATE] = NodeState(service, auth, metrics, ByteLRU())
     add_routes(app)
     return app
 

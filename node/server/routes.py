@@ -411,6 +411,20 @@ async def post_records(request: web.Request) -> web.Response:
         }
     )
 
+async def post_members(request: web.Request) -> web.Response:
+    """A coordinator's membership decision (operator only), checked against its members log."""
+    from node.federation.members import Coordinator, member_json
+
+    state = _state(request)
+    state.auth.require_operator(request)
+    body = await _json_body(request)
+    result, member = await Coordinator(state.service).apply_json(body)
+    state.metrics.appended("members", [result])
+    return json_response(
+        {"index": result.index, "record_id": result.record_id, "member": member_json(member)},
+        status=201,
+    )
+
 # -- operations -----------------------------------------------------------------------------------
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -442,6 +456,7 @@ def add_routes(app: web.Application) -> None:
             web.get("/v1/sets/{set}/proof/consistency", consistency_proof),
             web.get("/v1/sets/{set}/lookup", lookup_in_set),
             web.post("/v1/sets/{set}/records", post_records),
+            web.post("/v1/members", post_members),
             web.get("/v1/lookup", lookup_all),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
