@@ -162,7 +162,10 @@ def sign_request(
             include_alg=True,
             covered_component_ids=_COVERED,
             body=body,
-            use_existing_digest=True,
+            # re-signing a request that already carries a digest checks it against the body
+            use_existing_digest=body is not None and any(
+                k.lower() == "content-digest" for k in headers
+            ),
         )
         # Our Signer never hands out its private key: sign the base ourselves (the library's
         # "external signer" path), deterministic Ed25519 as RFC 9421 section 3.3.6 requires.
