@@ -36,6 +36,7 @@ from node.errors import (
     error_body,
 )
 from node.federation.members import Federation
+from node.federation.push import add_push_routes
 from node.server.auth import Authenticator
 from node.server.cache import ByteLRU
 from node.server.metrics import NodeMetrics
@@ -148,6 +149,7 @@ def build_app(service: NodeService, operator_token: str) -> web.Application:
     )
     app[STATE] = NodeState(service, auth, metrics, ByteLRU())
     add_routes(app)
+    add_push_routes(app)  # after the metrics hook: it chains with it
     return app
 
 

@@ -1,0 +1,236 @@
+"""Subscriptions, the verified sync client and push, between real nodes on 127.0.0.1.
+
+Node A serves (SQLite); node B is a NodeService on each backend (``database_url``) that subscribes
+to A's set and syncs it. The attacks are in test_sync_attacks.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nodeutil import RunningNode, make_node_dir, running_node
+
+from node.errors import Conflict, NotFound, SetupError
+from node.federation.fetch import PeerClient
+from node.federation.push import run_subscriptions
+from node.federation.sync import (
+    Backoff,
+    list_subscriptions,
+    subscribe,
+    sync_once,
+)
+from node.service import NodeService
+from node.storage import hash_key
+from protocol.checkpoint import parse_checkpoint
+from protocol.errors import SignatureError
+from protocol.note import Signer, split_note
+from protocol.tiles import TileRef
+
+SET = "csam"
+MIRROR = "org-a.test:csam"
+#: how long a test waits for something that should take about a second
+WAIT = 10.0
+
+
+def sha256_items(n: int) -> list[dict[str, Any]]:
+    return [{"hash_type": "sha256", "hash_value": os.urandom(32).hex()} for _ in range(n)]
+
+
+def note_size(note: bytes) -> int:
+    return parse_checkpoint(split_note(note)[0]).size
+
+
+async def wait_checkpoint(node: RunningNode, size: int, set_name: str = SET) -> bytes:
+    """A's checkpoint once it covers ``size`` (the sequencer signs within about a second)."""
+    deadline = time.monotonic() + WAIT
+    async with node.client() as client:
+        while True:
+            with contextlib.suppress(NotFound):  # no checkpoint until the first signature
+                note = await client.checkpoint(set_name)
+                if note_size(note) >= size:
+                    return note
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no checkpoint of size {size} within {WAIT} s")
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def node_service(
+    data_dir: Path,
+    database_url: str | None = None,
+    *,
+    origin: str = "node-b.test",
+    org: str = "org-b.test",
+) -> AsyncIterator[NodeService]:
+    """A node (B) that is not serving: its service is enough to subscribe and sync."""
+    cfg = await make_node_dir(data_dir, database_url, origin=origin, org=org)
+    service = await NodeService.open(cfg)
+    try:
+        yield service
+    finally:
+        await service.close()
+
+
+async def publish(node: RunningNode, n: int, set_name: str = SET) -> list[dict[str, Any]]:
+    items = sha256_items(n)
+    async with node.client() as client:
+        await client.publish(set_name, items)
+    return items
+
+
+@pytest.fixture
+async def node_a(tmp_path: Path) -> AsyncIterator[RunningNode]:
+    async with running_node(tmp_path / "a") as node:
+        async with node.client() as client:
+            await client.create_set(SET, "clear")
+        yield node
+
+
+async def assert_mirrors(service: NodeService, node: RunningNode, size: int) -> None:
+    note = await wait_checkpoint(node, size)
+    info = await service.store.get_set(MIRROR, kind="mirror")
+    cp = parse_checkpoint(split_note(note)[0])
+    assert (info.size, info.root, info.checkpoint, info.checkpoint_size) == (
+        cp.size, cp.root_hash, note, cp.size
+    )
+
+
+async def test_sync_copies_the_log_and_resumes_mid_block(
+    tmp_path: Path, node_a: RunningNode, database_url: str
+) -> None:
+    items = await publish(node_a, 600)  # two full blocks and a partial one
+    await wait_checkpoint(node_a, 600)
+    async with node_service(tmp_path / "b", database_url) as b:
+        info = await subscribe(b, node_a.url, SET, vkey=node_a.vkey)
+        assert (info.name, info.origin, info.tlp, info.size) == (
+            MIRROR, "node-a.test/csam", "clear", 0
+        )
+        result = await sync_once(b, MIRROR)
+        assert (result.before, result.after, result.bundles) == (0, 600, 3)
+        await assert_mirrors(b, node_a, 600)
+        # the leaves are byte-exact: a lookup in the mirror finds A's entry at its index
+        mirror = await b.store.get_set(MIRROR, kind="mirror")
+        found = await b.store.find_entries(hash_key("sha256", items[300]["hash_value"]))
+        assert [(f.set_name, f.index) for f in found] == [(MIRROR, 300)]
+
+        # A grows and revokes: the next sync resumes inside block 2 (600 = 2 * 256 + 88)
+        more = await publish(node_a, 101)
+        async with node_a.client() as client:
+            await client.revoke(
+                SET, hash_type="sha256", hash_value=items[5]["hash_value"], reason="quality"
+            )
+        await wait_checkpoint(node_a, 702)
+        result = await sync_once(b, MIRROR)
+        assert (result.before, result.after, result.bundles) == (600, 702, 1)
+        await assert_mirrors(b, node_a, 702)
+        revoked = await b.store.get_record_at(mirror.id, 5)
+        assert revoked is not None and revoked.revoked_by == 701
+        found = await b.store.find_entries(hash_key("sha256", more[-1]["hash_value"]))
+        assert [f.index for f in found] == [700]
+
+        # nothing new: an idle sync changes nothing and clears no data
+        result = await sync_once(b, MIRROR)
+        assert (result.before, result.after, result.bundles) == (702, 702, 0)
+        (status,) = await list_subscriptions(b.store)
+        assert status.sync_error is None and status.synced_at is not None
+        assert status.info.size == 702
+
+
+class _StallingPeer(PeerClient):
+    """Blocks forever before fetching bundle ``stall_at`` (so a test can cancel the sync)."""
+
+    def __init__(self, url: str, stall_at: int) -> None:
+        super().__init__(url, None)
+        self.stall_at = stall_at
+        self.stalled = asyncio.Event()
+
+    async def bundle(self, set_name: str, ref: TileRef) -> bytes:
+        if ref.n == self.stall_at:
+            self.stalled.set()
+            await asyncio.Event().wait()
+        return await super().bundle(set_name, ref)
+
+
+async def test_a_cancelled_sync_resumes_without_gaps_or_duplicates(
+    tmp_path: Path, node_a: RunningNode
+) -> None:
+    await publish(node_a, 700)
+    await wait_checkpoint(node_a, 700)
+    async with node_service(tmp_path / "b") as b:
+        await subscribe(b, node_a.url, SET, vkey=node_a.vkey)
+        async with _StallingPeer(node_a.url, stall_at=2) as peer:
+            task = asyncio.create_task(sync_once(b, MIRROR, peer=peer))
+            await asyncio.wait_for(peer.stalled.wait(), WAIT)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        info = await b.store.get_set(MIRROR, kind="mirror")
+        # two whole bundles landed, the partner's note was not adopted yet
+        assert (info.size, info.checkpoint) == (512, None)
+        result = await sync_once(b, MIRROR)
+        assert (result.before, result.after, result.bundles) == (512, 700, 1)
+        await assert_mirrors(b, node_a, 700)
+        entries = await b.store.read_entries(info.id, 0, 1000)
+        assert len(entries) == 700 and len(set(entries)) == 700
+
+
+async def test_subscribe_needs_a_pinned_key_and_refuses_another(
+    tmp_path: Path, node_a: RunningNode
+) -> None:
+    async with node_service(tmp_path / "b") as b:
+        with pytest.raises(SetupError, match="neither pinned nor vouched"):
+            await subscribe(b, node_a.url, SET)
+        other = Signer.generate("node-a.test").verifier().vkey()
+        with pytest.raises(SignatureError, match="not the pinned"):
+            await subscribe(b, node_a.url, SET, vkey=other)
+        assert await b.store.list_sets(kind="mirror") == []
+        await subscribe(b, node_a.url, SET, vkey=node_a.vkey)
+        with pytest.raises(Conflict):
+            await subscribe(b, node_a.url, SET)  # pinned now, but already subscribed
+
+
+async def test_push_triggers_a_sync_within_a_second(tmp_path: Path, node_a: RunningNode) -> None:
+    await publish(node_a, 10)
+    await wait_checkpoint(node_a, 10)
+    async with node_service(tmp_path / "b") as b:
+        await subscribe(b, node_a.url, SET, vkey=node_a.vkey)
+        stop = asyncio.Event()
+        # a long poll interval: only the push event can explain a quick sync
+        task = asyncio.create_task(run_subscriptions(b, stop, poll_interval=300.0))
+        try:
+            await _wait_mirror_size(b, 10)
+            await asyncio.sleep(0.3)  # let the event stream connect
+            await publish(node_a, 5)
+            started = time.monotonic()
+            await _wait_mirror_size(b, 15)
+            # the sequencer signs within ~1 s of the publish; the push adds little to that
+            assert time.monotonic() - started < 3.0
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, WAIT)
+
+
+async def _wait_mirror_size(service: NodeService, size: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while (await service.store.get_set(MIRROR, kind="mirror")).checkpoint_size < size:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the mirror did not reach {size} within {WAIT} s")
+        await asyncio.sleep(0.02)
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    import random
+
+    backoff = Backoff(base=1.0, cap=8.0, rng=random.Random(1))
+    delays = [backoff.next_delay() for _ in range(6)]
+    for d, nominal in zip(delays, (1, 2, 4, 8, 8, 8), strict=True):
+        assert nominal / 2 <= d <= nominal
+    backoff.reset()
+    assert backoff.next_delay() <= 1.0
