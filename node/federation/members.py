@@ -91,11 +91,12 @@ class PartnerIdentity:
 
 @dataclass
 class _Folded:
-    """One membership log folded up to ``size`` (``state`` None: the log broke a rule)."""
+    """One membership log read up to ``size``: the state after its longest valid prefix, and
+    why the next record was refused (then the log vouches for nobody; see the module doc)."""
 
     set_id: int
     size: int
-    state: MembershipState | None
+    state: MembershipState
     error: str | None = None
 
 
@@ -103,9 +104,11 @@ class _Folded:
 class _View:
     states: tuple[tuple[str, MembershipState], ...]  # (source, state), in the order asked
     pinned: tuple[Member, ...]
+    #: organisations that a coordinator with a broken log knew: nobody else may vouch for them
+    vetoed: frozenset[str] = frozenset()
 
     def known_to_coordinator(self, org: str) -> bool:
-        return any(state.member(org) is not None for _, state in self.states)
+        return org in self.vetoed or any(state.member(org) is not None for _, state in self.states)
 
 
 def pinned_member(anchor: TrustAnchor) -> Member:
@@ -124,7 +127,7 @@ def pinned_member(anchor: TrustAnchor) -> Member:
 
 async def fold_log(
     store: SqlStore, set_id: int, coordinator: str, start: int, size: int,
-    state: MembershipState,
+    state: MembershipState, *, progress: Callable[[MembershipState], None] | None = None,
 ) -> MembershipState:
     """``state`` after the membership records at ``start .. size-1`` of a stored log.
 
@@ -143,6 +146,8 @@ async def fold_log(
                 raise FormatError(f"membership record {index}: {e.message}") from e
             if isinstance(record, Membership):
                 state = state.apply(record, index)
+                if progress is not None:
+                    progress(state)  # the caller keeps the valid prefix if a later one fails
             index += 1
     return state
 
@@ -162,61 +167,62 @@ class Federation:
         self.org = org
         self._clock = clock or (lambda: datetime.now(UTC))
         self._folded: dict[tuple[str, str], _Folded] = {}
+        self._partial: dict[tuple[str, str], MembershipState] = {}
         self._lock = asyncio.Lock()
 
     def now(self) -> datetime:
         return self._clock()
 
-    async def _fold(self, name: str, kind: str, coordinator: str) -> MembershipState | None:
+    async def _fold(self, name: str, kind: str, coordinator: str) -> _Folded | None:
         try:
             info = await self.store.get_set(name, kind=kind)
         except NotFound:
             self._folded.pop((name, kind), None)
-            return MembershipState(coordinator)
+            return None
         cached = self._folded.get((name, kind))
-        if cached is not None and cached.set_id == info.id and cached.size == info.size:
-            return cached.state
-        start, state = 0, MembershipState(coordinator)
-        if (
-            cached is not None
-            and cached.set_id == info.id
-            and cached.state is not None
-            and cached.size < info.size
-        ):
+        if cached is not None and cached.set_id == info.id:
+            if cached.size == info.size or cached.error is not None:
+                # append-only: a log that broke a rule stays broken whatever follows
+                return cached
             start, state = cached.size, cached.state
+        else:
+            start, state = 0, MembershipState(coordinator)
+        error = None
         try:
-            folded: MembershipState | None = await fold_log(
-                self.store, info.id, coordinator, start, info.size, state
-            )
-            error = None
+            state = await fold_log(self.store, info.id, coordinator, start, info.size, state,
+                                   progress=lambda s: self._keep(name, kind, s))
         except ProtocolError as e:
-            folded, error = None, e.message
+            error = e.message
+            state = self._partial.pop((name, kind), state)
             log.error("membership log %s of %s breaks a rule; trusting none of its members: %s",
                       name, coordinator, e.message)
-        self._folded[(name, kind)] = _Folded(info.id, info.size, folded, error)
+        self._partial.pop((name, kind), None)
+        folded = self._folded[(name, kind)] = _Folded(info.id, info.size, state, error)
         return folded
+
+    def _keep(self, name: str, kind: str, state: MembershipState) -> None:
+        self._partial[(name, kind)] = state
 
     async def _view(self) -> _View:
         async with self._lock:
             anchors = await self.fed_store.list_trust()
-            states: list[tuple[str, MembershipState]] = []
-            own = await self._fold(MEMBERS_SET, "local", self.org)
-            if own is not None:
-                states.append((f"coordinator:{self.org}", own))
+            logs = [(f"coordinator:{self.org}", await self._fold(MEMBERS_SET, "local", self.org))]
             for a in anchors:
-                if a.kind != "coordinator" or a.org == self.org:
-                    continue
-                state = await self._fold(members_mirror_name(a.org), "mirror", a.org)
-                if state is not None:
-                    states.append((f"coordinator:{a.org}", state))
+                if a.kind == "coordinator" and a.org != self.org:
+                    folded = await self._fold(members_mirror_name(a.org), "mirror", a.org)
+                    logs.append((f"coordinator:{a.org}", folded))
+            states = tuple((src, f.state) for src, f in logs if f is not None and not f.error)
+            vetoed = frozenset(
+                org for _, f in logs if f is not None and f.error for org in f.state.members
+            )
             pinned = tuple(pinned_member(a) for a in anchors if a.kind == "partner")
-            return _View(tuple(states), pinned)
+            return _View(states, pinned, vetoed)
 
     async def problems(self) -> dict[str, str]:
         """Membership logs that broke a rule (set name -> why): their coordinators vouch for
         nobody until fixed."""
         await self._view()
-        return {name: f.error for (name, _), f in self._folded.items() if f.error}
+        return {name: f.error for (name, _), f in self._folded.items() if f.error is not None}
 
     async def caller_for(self, key_name: str, key_id: bytes) -> PartnerIdentity | None:
         """The authorised member whose current vkeys hold this (name, key ID), or None.
