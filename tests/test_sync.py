@@ -6,9 +6,12 @@ to A's set and syncs it. The attacks are in test_sync_attacks.py.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +31,7 @@ from node.federation.sync import (
 )
 from node.service import NodeService
 from node.storage import hash_key
+from node.storage.sql import SqlStore
 from protocol.checkpoint import parse_checkpoint
 from protocol.errors import SignatureError
 from protocol.note import Signer, split_note
@@ -234,3 +238,63 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
         assert nominal / 2 <= d <= nominal
     backoff.reset()
     assert backoff.next_delay() <= 1.0
+
+
+# -- CLI: subscribe / sync --once / subscriptions --------------------------------------------
+
+
+def cli_args(argv: list[str]) -> argparse.Namespace:
+    from node.cli_federation_sync import register
+
+    parser = argparse.ArgumentParser(prog="hashfed")
+    register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+async def test_cli_subscribe_sync_and_list(
+    tmp_path: Path, node_a: RunningNode, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await publish(node_a, 20)
+    await wait_checkpoint(node_a, 20)
+    cfg = await make_node_dir(tmp_path / "b", origin="node-b.test", org="org-b.test")
+    data = str(cfg.data_dir)
+
+    async def run(*argv: str) -> int:
+        args = cli_args(list(argv))
+        status: int = await args.func(args)
+        return status
+
+    assert await run("subscribe", "--data", data, "--url", node_a.url, "--set", SET,
+                     "--vkey", node_a.vkey) == 0
+    assert "subscribed to node-a.test/csam as org-a.test:csam" in capsys.readouterr().out
+    assert await run("sync", "--data", data, "--once") == 0
+    assert capsys.readouterr().out == "org-a.test:csam: 0 -> 20 (+20 records)\n"
+    assert await run("sync", "--data", data, "--once") == 0
+    assert capsys.readouterr().out == "org-a.test:csam: up to date at 20\n"
+    assert await run("subscriptions", "--data", data, "--json") == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["name"], row["size"], row["error"]) == (MIRROR, 20, None)
+
+    # a partner that is gone: the line names the failure, the exit status is 1
+    dead = f"http://127.0.0.1:{_closed_port()}"
+    store = await SqlStore.open(cfg.database_url)
+    try:
+        await store.create_mirror(
+            "org-a.test:gone", "node-a.test/gone", remote_url=dead, remote_org="org-a.test",
+            remote_set="gone", tlp="clear",
+        )
+    finally:
+        await store.close()
+    assert await run("sync", "--data", data, "--once") == 1
+    out = capsys.readouterr().out
+    assert "org-a.test:gone: FAILED at size 0: PeerError" in out
+    assert "org-a.test:csam: up to date at 20" in out
+    assert await run("subscriptions", "--data", data) == 0
+    assert "last error: PeerError" in capsys.readouterr().out
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
