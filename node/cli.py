@@ -537,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", required=True, metavar="NAME")
     p.add_argument("--out", required=True, metavar="DIR")
 
+    from node.cli_federation_auth import register as register_federation
+
+    register_federation(sub)  # coordinator ..., trust ..., set grant|revoke-grant|grants
+
     command("vkey", cmd_vkey, "print this node's verifier key")
     command("version", cmd_version, "print the hashfed version", needs_data=False)
     return parser
