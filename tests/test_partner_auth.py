@@ -19,6 +19,7 @@ from nodeutil import RunningNode, make_node_dir, running_node
 
 from node.cli_federation_auth import register
 from node.client import OperatorClient
+from node.errors import BadRequest
 from node.federation import httpsig
 from node.federation.members import Federation, members_mirror_name
 from node.service import NodeService
@@ -321,3 +322,20 @@ async def test_coordinator_cli_without_server(tmp_path: Path) -> None:
     finally:
         await service.close()
     assert await _cli("coordinator", "list", "--json", "--data", data) == 0
+
+
+async def test_trust_coordinator_learns_its_org(node_a: RunningNode, tmp_path: Path) -> None:
+    cfg = await make_node_dir(tmp_path / "follower", origin="node-f.test", org="org-f.test")
+    data = str(cfg.data_dir)
+    with pytest.raises(BadRequest, match="serves the key"):
+        await _cli("trust", "coordinator", "--url", node_a.url, "--vkey",
+                   Signer.generate("node-a.test").verifier().vkey(), "--data", data)
+    assert await _cli("trust", "coordinator", "--url", node_a.url, "--vkey", node_a.vkey,
+                      "--data", data) == 0
+    store = await SqlStore.open(cfg.database_url)
+    try:
+        (anchor,) = await FederationStore(store).list_trust()
+        assert (anchor.org, anchor.kind, anchor.url, anchor.vkey) == (
+            "org-a.test", "coordinator", node_a.url, node_a.vkey)
+    finally:
+        await store.close()
