@@ -21,7 +21,7 @@ import pytest
 from nodeutil import RunningNode, make_node_dir, running_node
 
 from node.errors import Conflict, NotFound, SetupError
-from node.federation.fetch import PeerClient
+from node.federation.fetch import PeerClient, PeerError
 from node.federation.push import run_subscriptions
 from node.federation.sync import (
     Backoff,
@@ -31,6 +31,7 @@ from node.federation.sync import (
 )
 from node.service import NodeService
 from node.storage import hash_key
+from node.storage.federation import FederationStore
 from node.storage.sql import SqlStore
 from protocol.checkpoint import parse_checkpoint
 from protocol.errors import SignatureError
@@ -298,3 +299,58 @@ def _closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+# -- signed requests: a non-clear set between partners who pinned each other ------------------
+
+
+async def test_an_amber_set_syncs_with_signed_requests_and_needs_a_grant(
+    tmp_path: Path, node_a: RunningNode
+) -> None:
+    async with node_a.client() as client:
+        await client.create_set("amb", "amber")
+    await publish(node_a, 300, "amb")
+    await wait_checkpoint(node_a, 300, "amb")
+    async with node_service(tmp_path / "b") as b:
+        a_store = await SqlStore.open(node_a.cfg.database_url)
+        try:
+            fed = FederationStore(a_store)
+            b_vkey = b.signer.verifier().vkey()
+            await fed.add_trust("org-b.test", "partner", "http://b.invalid", b_vkey)
+            # known to A but without a grant: A answers 403 (the signed retry after a 401)
+            with pytest.raises(PeerError, match="HTTP 403") as refused:
+                await subscribe(b, node_a.url, "amb", vkey=node_a.vkey)
+            assert not refused.value.transient
+            await fed.grant("amb", "org-b.test")
+            info = await subscribe(b, node_a.url, "amb", vkey=node_a.vkey)
+            assert info.tlp == "amber"
+            result = await sync_once(b, "org-a.test:amb")
+            assert (result.after, result.bundles) == (300, 2)
+            # grant withdrawn: the next sync is refused and says why
+            await fed.revoke_grant("amb", "org-b.test")
+            await publish(node_a, 1, "amb")
+            await wait_checkpoint(node_a, 301, "amb")  # checkpoints are public; tiles are not
+            with pytest.raises(PeerError, match="HTTP 403"):
+                await sync_once(b, "org-a.test:amb")
+            await fed.grant("amb", "org-b.test")
+            # the event stream is read with the same signature and rules
+            async with PeerClient(node_a.url, b.signer) as signed:
+                assert await anext(aiter(signed.events("amb"))) == 301
+        finally:
+            await a_store.close()
+        async with PeerClient(node_a.url, None) as anonymous:
+            with pytest.raises(PeerError, match="HTTP 401"):
+                await anext(aiter(anonymous.events("amb")))
+
+
+async def test_the_event_stream_sends_the_size_then_each_new_checkpoint(
+    node_a: RunningNode,
+) -> None:
+    await publish(node_a, 3)
+    await wait_checkpoint(node_a, 3)
+    async with PeerClient(node_a.url, None) as peer:
+        events = aiter(peer.events(SET))
+        assert await asyncio.wait_for(anext(events), WAIT) == 3
+        await publish(node_a, 2)
+        assert await asyncio.wait_for(anext(events), WAIT) == 5
+        await events.aclose()  # type: ignore[attr-defined]

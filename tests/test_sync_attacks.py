@@ -186,7 +186,8 @@ async def test_a_tampered_entry_bundle_is_refused(
         tampering_proxy(node_a.url, only("/tile/entries/000", tamper)) as url,
         PeerClient(url, None) as peer,
     ):
-        with pytest.raises(ProofError, match=re.escape("entry bundle 0 (tile/entries/000) of a tree of size 300")):
+        cause = re.escape("entry bundle 0 (tile/entries/000) of a tree of size 300")
+        with pytest.raises(ProofError, match=cause):
             await sync_once(node_b, MIRROR, peer=peer)
     assert await mirror_state(node_b) == (0, None, [])
     assert "tile/entries/000" in await sync_error(node_b)

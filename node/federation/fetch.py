@@ -8,8 +8,9 @@ has the same protections (design.md "Sync": "every fetch has a timeout and a byt
 * **Byte limits** per kind of response, enforced *while streaming*: a ``Content-Length`` above the
   limit is refused before the body is read, and a body that grows past the limit (an endless
   stream) is cut at limit + 1 bytes and refused;
-* **Signatures**: every request is signed with the node key (RFC 9421, ``node.federation.httpsig``)
-  once that module is present; until then requests go unsigned, which only ``clear`` sets accept.
+* **Signatures**: with a signer, every request is signed with the node key (RFC 9421,
+  :mod:`node.federation.httpsig`); without one it goes unsigned, which only ``clear`` sets accept
+  (and which a partner that does not know our key needs: it refuses signatures it cannot check).
 
 Errors (hierarchy)::
 
@@ -25,9 +26,8 @@ transport failures and keep evidence only for verification failures.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator, Mapping
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import quote
 
@@ -36,15 +36,10 @@ import orjson
 from yarl import URL
 
 from node.errors import NodeError, SetupError
+from node.federation import httpsig
 from protocol.note import Signer
 from protocol.records import MAX_RECORD_SIZE
 from protocol.tiles import TileRef
-
-try:
-    # Written in parallel (RFC 9421 signing); guarded so that clear sets sync without it.
-    _httpsig: ModuleType | None = importlib.import_module("node.federation.httpsig")
-except ImportError:  # pragma: no cover - depends on which modules are present
-    _httpsig = None
 
 __all__ = [
     "BUNDLE_LIMIT_PER_ENTRY",
@@ -143,9 +138,9 @@ class PeerClient:
 
     def _headers(self, url: str) -> dict[str, str]:
         headers: dict[str, str] = {"Accept-Encoding": "identity"}
-        if self._signer is not None and _httpsig is not None:
+        if self._signer is not None:
             try:
-                _httpsig.sign_request("GET", url, headers, None, self._signer)
+                httpsig.sign_request("GET", url, headers, None, self._signer)
             except ValueError as e:  # our key or URL, not the partner: a setup problem
                 raise SetupError(f"cannot sign the request to {url}: {e}") from e
         return headers
