@@ -295,7 +295,9 @@ def detect_format(name: str, head: bytes) -> str:
     return "jsonl" if head.lstrip()[:1] == b"{" else "csv"
 
 
-def iter_inputs(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, EntryInput | Exception]]:
+def iter_inputs(
+    stream: IO[bytes], fmt: str, *, complete: bool = True
+) -> Iterator[tuple[int, EntryInput | Exception]]:
     """(line number, validated input or the error for that line), streaming."""
     source = _csv_objects(stream) if fmt == "csv" else _jsonl_objects(stream)
     for n, obj in source:
@@ -303,7 +305,7 @@ def iter_inputs(stream: IO[bytes], fmt: str) -> Iterator[tuple[int, EntryInput |
             yield n, obj
             continue
         try:
-            yield n, entry_input(obj)
+            yield n, entry_input(obj, complete=complete)
         except FormatError as e:
             yield n, e
 

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from node import importer
 from node.bulkinput import (
     BulkInputError,
     EntryInput,
@@ -75,6 +76,11 @@ class _Operator:
         self.cfg = cfg
         self._service = service
         self._client = client
+
+    @property
+    def service(self) -> NodeService | None:
+        """The local service when writing directly (no server running), else None."""
+        return self._service
 
     async def create_set(self, name: str, tlp: str, description: str) -> dict[str, Any]:
         if self._client is not None:
@@ -369,13 +375,25 @@ async def cmd_publish(args: argparse.Namespace) -> int:
             await op.check_set(args.set)
             # Pass 1: the whole file, streaming. Any bad line and nothing is published.
             stream.seek(0)
-            total = check_all(iter_inputs(stream, fmt))
-            stream.seek(0)
+            staged = None
+            if op.service is not None:
+                # No server: build each record once now, append the spooled bytes in pass 2.
+                staged = importer.stage(op.service, args.set, stream, fmt)
+                total = staged.count
+            else:
+                total = check_all(iter_inputs(stream, fmt))
+                stream.seek(0)
             appended = duplicates = 0
             with _Progress(total, f"publishing to {args.set}") as progress:
-                for chunk in _chunks(stream, fmt):
+                chunks: Iterator[list[Any]] = (
+                    staged.chunks(PUBLISH_CHUNK) if staged is not None else _chunks(stream, fmt)
+                )
+                for chunk in chunks:
                     try:
-                        results = await op.publish(args.set, chunk)
+                        if staged is not None and op.service is not None:
+                            results = await op.service.sequencer.append(args.set, chunk)
+                        else:
+                            results = await op.publish(args.set, chunk)
                     except NodeError as e:
                         if appended or duplicates:
                             e.message += (
@@ -387,6 +405,8 @@ async def cmd_publish(args: argparse.Namespace) -> int:
                     appended += new
                     duplicates += len(results) - new
                     progress.advance(len(chunk))
+            if staged is not None:
+                staged.close()
             size = await op.log_size(args.set)
     print(
         f"published {appended} new entries ({duplicates} duplicates) to {args.set}; "

@@ -23,7 +23,7 @@ import pytest
 
 from node import cli
 from node.config import KEY_FILE, SERVE_FILE, TOKEN_FILE, create_data_dir
-from node.service import NodeService
+from node.sequencer import Sequencer
 from protocol import tiles as tlog
 from protocol.checkpoint import verify_checkpoint
 from protocol.note import Verifier
@@ -376,14 +376,14 @@ def test_publish_is_chunked(
 ) -> None:
     """Pass 2 never hands more than PUBLISH_CHUNK entries at once (bounded memory)."""
     sizes: list[int] = []
-    real = NodeService.publish
+    real = Sequencer.append
 
-    async def spy(self: NodeService, set_name: str, items: Any) -> Any:
+    async def spy(self: Sequencer, set_name: str, items: Any) -> Any:
         sizes.append(len(items))
         return await real(self, set_name, items)
 
     monkeypatch.setattr(cli, "PUBLISH_CHUNK", 7)
-    monkeypatch.setattr(NodeService, "publish", spy)
+    monkeypatch.setattr(Sequencer, "append", spy)
     src = tmp_path / "b.jsonl"
     src.write_bytes(jsonl(sha256s(50)))
     out = run.ok("publish", "--data", sqlite_node, "--set", "demo", src)

@@ -87,8 +87,13 @@ def spooled_entry(record_id: str, data: bytes, key: bytes) -> PreparedRecord:
     validation again. The model is constructed without validation and carries only what the
     append transaction reads (id, type); the bytes stored are the validated ones.
     """
-    fields: dict[str, Any] = {"id": record_id, "type": "entry"}
-    shell = Entry.model_construct(**fields)
+    # Not model_construct: it resolves every default and costs as much as validating. The shell
+    # is an Entry (isinstance holds) whose only attributes are the two the append reads.
+    shell = Entry.__new__(Entry)
+    object.__setattr__(shell, "__dict__", {"id": record_id, "type": "entry"})
+    object.__setattr__(shell, "__pydantic_fields_set__", {"id", "type"})
+    object.__setattr__(shell, "__pydantic_extra__", None)
+    object.__setattr__(shell, "__pydantic_private__", None)
     return PreparedRecord(record=shell, data=data, leaf_hash=leaf_hash(data), hash_key=key)
 
 
