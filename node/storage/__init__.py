@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from protocol.merkle import leaf_hash
 from protocol.records import Attestation, Entry, Membership, Revocation, encode_record
