@@ -560,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_federation_auth import register as register_federation
 
     register_federation(sub)  # coordinator ..., trust ..., set grant|revoke-grant|grants
+    from node.cli_federation_sync import register as register_sync
+
+    register_sync(sub)  # subscribe, sync, subscriptions
 
     command("vkey", cmd_vkey, "print this node's verifier key")
     command("version", cmd_version, "print the hashfed version", needs_data=False)

@@ -26,7 +26,7 @@ from node.config import (
     load_operator_token,
     load_signer,
 )
-from node.server import serve
+from node.server.app import serve
 from node.storage.sql import SqlStore
 
 #: seconds a node gets to start or stop before the helper gives up

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from node.client import OperatorClient
 from node.errors import BadRequest, Conflict, NotFound, TooLarge, Unauthorized, Unavailable
-from node.server import build_app
+from node.server.app import build_app
 from node.server.cache import ByteLRU
 from node.service import NodeService
 from protocol import merkle

@@ -1,5 +1,6 @@
-"""The node's HTTP API: the aiohttp application (``build_app``) and its run loop (``serve``)."""
+"""The node's HTTP API: the aiohttp application (``node.server.app.build_app``) and its run loop
+(``node.server.app.serve``); routes, auth, metrics and caching live beside them.
 
-from node.server.app import build_app, serve
-
-__all__ = ["build_app", "serve"]
+Nothing is imported here, so that modules the app imports (push, federation) may import
+``node.server.routes`` without a cycle.
+"""

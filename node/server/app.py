@@ -36,7 +36,7 @@ from node.errors import (
     error_body,
 )
 from node.federation.members import Federation
-from node.federation.push import add_push_routes
+from node.federation.push import add_push_routes, run_subscriptions
 from node.server.auth import Authenticator
 from node.server.cache import ByteLRU
 from node.server.metrics import NodeMetrics
@@ -178,9 +178,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     handled: list[signal.Signals] = []
+    stop_subscriptions = asyncio.Event()
+    subscriptions: asyncio.Task[None] | None = None
     try:
         await service.sequencer.sign_all()
         service.sequencer.start()
+        # Keep every subscription in sync (push events, polling as the fallback).
+        subscriptions = asyncio.create_task(run_subscriptions(service, stop_subscriptions))
         app = build_app(service, token)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await runner.setup()
@@ -205,6 +209,10 @@ async def serve(
     finally:
         for sig in handled:
             loop.remove_signal_handler(sig)
+        if subscriptions is not None:
+            stop_subscriptions.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(subscriptions, SHUTDOWN_TIMEOUT)
         try:
             if runner is not None:
                 await runner.cleanup()
