@@ -6,8 +6,12 @@ nodes run in one process, as the federation tests do.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 from node.storage import AppendResult, SetInfo
 
@@ -16,9 +20,27 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
+class _SyncCollector(Collector):
+    """Sync outcomes and evidence (forks, rollbacks) counted by node.federation.sync."""
+
+    def collect(self) -> Iterator[Metric]:
+        from node.federation.sync import sync_counters
+
+        family = CounterMetricFamily(
+            "hashfed_sync_events",
+            "Subscription syncs by outcome, records mirrored, and misbehaviour evidence kept "
+            "(evidence:fork, evidence:rollback), in this process",
+            labels=["event"],
+        )
+        for event, count in sorted(sync_counters.items()):
+            family.add_metric([event], count)
+        yield family
+
+
 class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_SyncCollector())
         self.requests = Counter(
             "hashfed_http_requests",
             "HTTP requests answered, by route template, method and status",
