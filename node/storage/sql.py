@@ -29,7 +29,15 @@ from node.storage import (
     hash_key,
 )
 from node.storage import migrate as _migrate
-from node.storage.schema import attestation_view, checkpoints, evidence, records, sets, tiles
+from node.storage.schema import (
+    attestation_view,
+    checkpoints,
+    evidence,
+    records,
+    reshares,
+    sets,
+    tiles,
+)
 from protocol import merkle
 from protocol import tiles as tlog
 from protocol.errors import VerificationError
@@ -581,6 +589,116 @@ class SqlStore:
         out = {str(k): int(c) for k, c in rows}
         out["active"] = int(active)
         return out
+
+    # -- re-shares and attestations (node.federation.reshare, the merged view) --------------------
+
+    async def read_records(self, set_id: int, start: int, count: int) -> list[StoredRecord]:
+        """Records ``start .. start+count-1`` with their revocation state, by index."""
+        query = _stored_query().where(
+            records.c.set_id == set_id, records.c.idx >= start, records.c.idx < start + count
+        )
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(query.order_by(records.c.idx))).all()
+        return [_stored(r) for r in rows]
+
+    async def active_entries_after(
+        self, set_id: int, after: int, limit: int
+    ) -> list[StoredRecord]:
+        """Up to ``limit`` active entries with index > ``after`` (keyset paging: an export
+        holds one page at a time, whatever the log's size)."""
+        query = _stored_query().where(
+            records.c.set_id == set_id,
+            records.c.idx > after,
+            records.c.kind == "entry",
+            records.c.revoked_by.is_(None),
+        )
+        async with self._read.connect() as conn:
+            rows = (await conn.execute(query.order_by(records.c.idx).limit(limit))).all()
+        return [_stored(r) for r in rows]
+
+    async def add_reshare(
+        self, set_id: int, index: int, upstream_origin: str, upstream_record: str, receipt: bytes
+    ) -> None:
+        """Keep the receipt of the re-shared entry at (set_id, index); a second call for the
+        same entry is a no-op (a re-run after a crash stores it once)."""
+        try:
+            async with self._write_tx() as conn:
+                await conn.execute(
+                    reshares.insert().values(
+                        set_id=set_id, idx=index, upstream_origin=upstream_origin,
+                        upstream_record=upstream_record, receipt=receipt,
+                    )
+                )
+        except IntegrityError:
+            return
+
+    async def find_reshares(
+        self, upstream_origin: str, upstream_record: str
+    ) -> list[tuple[int, int]]:
+        """(set_id, index) of every entry this node re-shared from that upstream record."""
+        async with self._read.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(reshares.c.set_id, reshares.c.idx).where(
+                        reshares.c.upstream_origin == upstream_origin,
+                        reshares.c.upstream_record == upstream_record,
+                    )
+                )
+            ).all()
+        return [(int(s), int(i)) for s, i in rows]
+
+    async def last_reshare_receipt(self, upstream_origin: str) -> bytes | None:
+        """The receipt of the newest entry re-shared from ``upstream_origin`` (its highest
+        index), if any: where a re-share pass resumes after a crash."""
+        async with self._read.connect() as conn:
+            data = (
+                await conn.execute(
+                    select(reshares.c.receipt)
+                    .where(reshares.c.upstream_origin == upstream_origin)
+                    .order_by(reshares.c.idx.desc())
+                    .limit(1)
+                )
+            ).scalar()
+        return None if data is None else bytes(data)
+
+    async def get_receipt(self, set_id: int, index: int) -> bytes | None:
+        async with self._read.connect() as conn:
+            data = (
+                await conn.execute(
+                    select(reshares.c.receipt).where(
+                        reshares.c.set_id == set_id, reshares.c.idx == index
+                    )
+                )
+            ).scalar()
+        return None if data is None else bytes(data)
+
+    async def attestations_for(
+        self, targets: Sequence[tuple[str, str]]
+    ) -> list[tuple[int, int, str, str, int | None]]:
+        """Rows of the attestation view about any of ``targets`` ((origin, record id) pairs):
+        (set_id, index, attester, opinion, count), each attestation record once."""
+        if not targets:
+            return []
+        async with self._read.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        attestation_view.c.set_id, attestation_view.c.idx,
+                        attestation_view.c.attester, attestation_view.c.opinion,
+                        attestation_view.c.count,
+                    ).where(
+                        tuple_(
+                            attestation_view.c.target_origin, attestation_view.c.target_record
+                        ).in_(list(targets))
+                    )
+                )
+            ).all()
+        seen: dict[tuple[int, int], tuple[int, int, str, str, int | None]] = {}
+        for s, i, attester, opinion, count in rows:
+            seen[(int(s), int(i))] = (
+                int(s), int(i), str(attester), str(opinion), None if count is None else int(count)
+            )
+        return list(seen.values())
 
 
 def _attestation_row(set_id: int, index: int, rec: Attestation) -> dict[str, Any]:
