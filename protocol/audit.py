@@ -444,13 +444,49 @@ def _report(root: Path, s: ExportAuditSummary) -> str:
     return "\n".join(lines)
 
 
+def _main_equivocation(
+    parser: argparse.ArgumentParser, path: Path, vkey: str | None, as_json: bool
+) -> int:
+    """Check one equivocation proof file: exit 0 if it proves equivocation, 1 if it does not."""
+    # Imported here: only this command needs it, and the audit of a directory does not.
+    from protocol.equivocation import EquivocationProof, verify_equivocation
+
+    if vkey is None:
+        parser.error("--equivocation needs --vkey (the log's key, obtained out of band)")
+    try:
+        log = Verifier.from_vkey(vkey.strip())
+    except FormatError as e:
+        parser.error(f"--vkey: {e.diagnostics()}")
+    try:
+        proof = EquivocationProof.from_json(_read(path, "equivocation proof"))
+        verify_equivocation(proof, log)
+    except ProtocolError as e:
+        if as_json:
+            print(json.dumps({"ok": False, "equivocation": False,
+                              "error": {"type": type(e).__name__, "message": e.message}}))
+        else:
+            print(f"{path}: NOT PROVEN\n  {type(e).__name__}: {e.diagnostics()}")
+        return 1
+    if as_json:
+        print(json.dumps({"ok": True, "equivocation": True, "origin": log.name}))
+    else:
+        print(f"{path}: PROVEN: {log.name} signed two checkpoints that cannot both be true")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the audit from the command line: exit 0 if it passes, 1 if it fails, 2 on misuse."""
     parser = argparse.ArgumentParser(
         prog="python -m protocol.audit",
         description="Audit a tlog-tiles export directory of a hashfed log, offline.",
     )
-    parser.add_argument("directory", type=Path, help="the export directory")
+    parser.add_argument("directory", type=Path, nargs="?", help="the export directory")
+    parser.add_argument(
+        "--equivocation",
+        metavar="FILE",
+        type=Path,
+        help="instead of a directory: check one equivocation proof (needs --vkey)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument(
         "--vkey",
@@ -458,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the log's verifier key, obtained out of band (overrides DIR/vkey)",
     )
     args = parser.parse_args(argv)
+    if args.equivocation is not None:
+        return _main_equivocation(parser, args.equivocation, args.vkey, args.json)
+    if args.directory is None:
+        parser.error("give an export directory, or --equivocation FILE --vkey VKEY")
     root: Path = args.directory
     if not root.is_dir():
         parser.print_usage(sys.stderr)
