@@ -273,7 +273,11 @@ async def subscribe(
         raise SignatureError(f"set {set_name} of {org} announces another key than {pinned.name}")
     tlp = check_tlp(_str_field(remote, "tlp", f"set {set_name}"))
     if reshare_into is not None:
-        await service.store.get_set(reshare_into)  # NotFound: re-share into an existing set only
+        from node.federation.reshare import check_reshare_target
+
+        # NotFound: re-share into an existing set only; BadRequest: never from amber+strict or
+        # red, never into a less restrictive set
+        check_reshare_target(tlp, await service.store.get_set(reshare_into))
     if vkey is not None:
         await pin_partner(service.store, org, url, pinned.vkey())
     return await service.store.create_mirror(
@@ -332,6 +336,8 @@ async def sync_once(
         signing = None if info.tlp == "clear" else service
         async with _peer(info.remote_url or "", signing, peer) as client:
             result = await _Sync(store, info, verifier, client).run()
+            if info.reshare_into is not None:
+                await _reshare_after_sync(service, mirror_name, result, client)
     except (ProtocolError, NodeError) as e:
         sync_counters["failed"] += 1
         message = e.diagnostics() if isinstance(e, ProtocolError) else str(e)
@@ -343,6 +349,26 @@ async def sync_once(
         # append_mirror stamps synced_at when it stores anything; an idle sync stamps it here.
         await _record_attempt(store, mirror_name, None)
     return result
+
+
+#: mirrors whose re-share pass already caught up in this process (see _reshare_after_sync)
+_reshare_caught_up: weakref.WeakKeyDictionary[NodeService, set[str]] = weakref.WeakKeyDictionary()
+
+
+async def _reshare_after_sync(
+    service: NodeService, mirror_name: str, result: SyncResult, client: PeerClient
+) -> None:
+    """Re-share what the sync appended (node.federation.reshare), once the mirror adopted the
+    partner's checkpoint. The first pass of a process also catches up on a pass that a crash
+    cut short; after that an idle sync costs nothing."""
+    from node.federation.reshare import reshare_synced
+
+    done = _reshare_caught_up.setdefault(service, set())
+    if not result.appended and mirror_name in done:
+        return
+    mirror = await service.store.get_set(mirror_name, kind="mirror")
+    await reshare_synced(service, mirror, result.before, peer=client)
+    done.add(mirror_name)
 
 
 class _Sync:
