@@ -434,10 +434,12 @@ async def cmd_lookup(args: argparse.Namespace) -> int:
     cfg = load_config(args.data)
     value = hashtypes.normalize_value(args.hash_type, args.hash_value)
     async with _service(cfg) as service:
-        visible = await service.store.list_sets()
+        # the merged view: this node's sets and its mirrors of partners' sets
+        visible = await service.store.list_sets(kind=None)
         answers = await service.lookup(args.hash_type, value, visible)
+        views = [await service.view_fields(a) for a in answers]
     matches: list[dict[str, Any]] = []
-    for a in answers:
+    for a, view in zip(answers, views, strict=True):
         match: dict[str, Any] = {
             "set": a.set.name,
             "origin": a.stored.origin,
@@ -447,6 +449,7 @@ async def cmd_lookup(args: argparse.Namespace) -> int:
         }
         if a.revocation is not None:
             match["revocation"] = json.loads(encode_record(a.revocation))
+        match.update(view)
         matches.append(match)
     out = {"hash_type": args.hash_type, "hash_value": value, "matches": matches}
     print(json.dumps(out, indent=2))
@@ -549,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True, choices=REVOCATION_REASONS)
     p.add_argument("--text", help="free text for partners")
 
-    p = command("lookup", cmd_lookup, "find a hash in this node's sets (JSON)")
+    p = command("lookup", cmd_lookup, "find a hash in this node's sets and mirrors (JSON)")
     p.add_argument("--hash-type", required=True, metavar="T")
     p.add_argument("--hash-value", required=True, metavar="V")
 
@@ -563,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_federation_sync import register as register_sync
 
     register_sync(sub)  # subscribe, sync, subscriptions
+    from node.cli_witness import register as register_witness
+
+    register_witness(sub)  # witness [init|vkey|add-log|logs|use|require]
+    from node.cli_federation_view import register as register_view
+
+    register_view(sub)  # attest, export-view
 
     command("vkey", cmd_vkey, "print this node's verifier key")
     command("version", cmd_version, "print the hashfed version", needs_data=False)

@@ -36,6 +36,7 @@ from protocol.records import (
 )
 
 TLP_LEVELS = ("clear", "green", "amber", "amber+strict", "red")
+ATTESTATION_OPINIONS = ("agree", "disagree", "also_vetted", "sighting")
 REVOCATION_REASONS = ("false_positive", "legal_order", "duplicate", "quality", "expired", "other")
 _SET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
@@ -207,7 +208,72 @@ class NodeService:
         (result,) = await self.sequencer.append(set_name, [PreparedRecord.of(record)])
         return result
 
+    async def attest(
+        self,
+        set_name: str,
+        *,
+        target_origin: str,
+        target: str,
+        hash_type: str,
+        hash_value: str,
+        opinion: str,
+        reason: str | None = None,
+        count: int | None = None,
+    ) -> AppendResult:
+        """Append this org's Attestation about entry ``target`` of log ``target_origin`` to
+        the local set ``set_name`` (FormatError for a malformed one, e.g. a disagreement
+        without a reason or a sighting without a count)."""
+        await self.store.get_set(set_name)
+        raw: dict[str, Any] = {
+            "type": "attestation",
+            "id": new_record_id(),
+            "author": self.cfg.org,
+            "created": timestamp(),
+            "nonce": new_nonce(),
+            "target": target,
+            "target_origin": target_origin,
+            "target_hash": {
+                "type": hash_type,
+                "value": hashtypes.normalize_value(hash_type, hash_value),
+            },
+            "opinion": opinion,
+        }
+        if reason is not None:
+            raw["reason"] = reason
+        if count is not None:
+            raw["count"] = count
+        record = record_from_dict(raw)
+        (result,) = await self.sequencer.append(set_name, [PreparedRecord.of(record)])
+        return result
+
     # -- reads ----------------------------------------------------------------------------------
+
+    async def view_fields(self, ans: LookupAnswer) -> dict[str, Any]:
+        """What the merged view adds to a match: the set's kind, the entry's org, its
+        provenance chain and a summary of the attestations about it.
+
+        Attestations are counted for every identity the signal has had on its way (its record
+        here, the original record, and each hop's upstream record), once per attestation.
+        """
+        entry = ans.entry
+        prov = entry.provenance
+        targets = {(ans.stored.origin, entry.id), (prov.node, prov.record)}
+        targets.update((hop.origin, hop.record) for hop in prov.chain)
+        counts = dict.fromkeys(ATTESTATION_OPINIONS, 0)
+        orgs: set[str] = set()
+        sightings = 0
+        for _set_id, _idx, attester, opinion, count in await self.store.attestations_for(
+            sorted(targets)
+        ):
+            counts[opinion] = counts.get(opinion, 0) + 1
+            orgs.add(attester)
+            sightings += count or 0
+        return {
+            "kind": ans.set.kind,
+            "org": entry.author,
+            "provenance": prov.model_dump(mode="json", exclude_none=True),
+            "attestations": {"counts": counts, "orgs": sorted(orgs), "sightings": sightings},
+        }
 
     async def lookup(
         self, hash_type: str, hash_value: str, visible: Sequence[SetInfo]

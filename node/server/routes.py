@@ -266,6 +266,7 @@ async def _match_json(service: NodeService, ans: LookupAnswer) -> dict[str, Any]
     }
     if ans.revocation is not None:
         match["revocation"] = orjson.loads(encode_record(ans.revocation))
+    match.update(await service.view_fields(ans))
     if info.checkpoint is not None:
         match["checkpoint"] = info.checkpoint.decode()
     if index < info.checkpoint_size:
@@ -284,8 +285,24 @@ async def lookup_in_set(request: web.Request) -> web.Response:
     return await _lookup(request, [await _readable_set(request)])
 
 async def lookup_all(request: web.Request) -> web.Response:
+    """The merged view: local sets and mirrors, each under its own TLP's read rule."""
     state = _state(request)
-    return await _lookup(request, await _visible_sets(state, state.auth.caller(request)))
+    caller = state.auth.caller(request)
+    sets = [s for s in await state.service.store.list_sets(kind=None) if caller.can_read(s)]
+    return await _lookup(request, sets)
+
+async def get_receipt(request: web.Request) -> web.Response:
+    """The receipt of a re-shared entry (JSON of protocol.receipts.Receipt), read like its set."""
+    info = await _readable_set(request)
+    raw = request.match_info["index"]
+    if _UINT.fullmatch(raw) is None or int(raw) >= _MAX_LEAVES:
+        raise NotFound(f"no entry {raw!r} in set {info.name}", field="index")
+    receipt = await _state(request).service.store.get_receipt(info.id, int(raw))
+    if receipt is None:
+        raise NotFound(f"entry {raw} of set {info.name} is not a re-share", field="index")
+    return web.Response(
+        body=receipt, content_type="application/json", headers={"Cache-Control": IMMUTABLE}
+    )
 
 # -- writes ---------------------------------------------------------------------------------------
 
@@ -455,6 +472,7 @@ def add_routes(app: web.Application) -> None:
             web.get("/v1/sets/{set}/proof/inclusion", inclusion_proof),
             web.get("/v1/sets/{set}/proof/consistency", consistency_proof),
             web.get("/v1/sets/{set}/lookup", lookup_in_set),
+            web.get("/v1/sets/{set}/receipts/{index}", get_receipt),
             web.post("/v1/sets/{set}/records", post_records),
             web.post("/v1/members", post_members),
             web.get("/v1/lookup", lookup_all),
