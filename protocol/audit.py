@@ -25,10 +25,11 @@ Memory: the auditor's revocation state (see LogAuditor) plus one entry per store
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -39,11 +40,21 @@ from protocol.errors import (
     InconsistentTreeError,
     ProofError,
     ProtocolError,
+    SignatureError,
     VerificationError,
 )
+from protocol.membership import MembershipState
 from protocol.note import Verifier
+from protocol.receipts import Receipt, verify_receipt_chain
+from protocol.records import Entry, Membership, parse_timestamp
 from protocol.tiles import TILE_WIDTH, TileRef
-from protocol.verify import AuditSummary, LogAuditor, verify_checkpoint_note, verify_consistency_of
+from protocol.verify import (
+    AuditSummary,
+    LogAuditor,
+    verify_checkpoint_note,
+    verify_consistency_of,
+    verify_record,
+)
 
 __all__ = ["ExportAuditSummary", "audit_directory", "main"]
 
@@ -68,6 +79,12 @@ class ExportAuditSummary(AuditSummary):
     older_checkpoints: tuple[str, ...] = ()
     #: tile files that lie beyond the checkpoint's tree size, so no signature covers them
     unverified_files: tuple[str, ...] = ()
+    #: the checks that ran (optional ones run only when their evidence is in the directory)
+    checks: tuple[str, ...] = ()
+    #: re-share receipts (receipts/<index>.json) whose chain verified back to the original
+    receipts: int = 0
+    #: records whose author was checked against the membership log in members/
+    members_checked: int = 0
 
     @property
     def key_pinned(self) -> bool:
@@ -83,6 +100,9 @@ class ExportAuditSummary(AuditSummary):
             hash_tiles=self.hash_tiles,
             older_checkpoints=list(self.older_checkpoints),
             unverified_files=list(self.unverified_files),
+            checks=list(self.checks),
+            receipts=self.receipts,
+            members_checked=self.members_checked,
         )
         return out
 
@@ -334,7 +354,105 @@ def _check_older(
         on_checked(path.name)
 
 
-def audit_directory(path: Path, *, trusted_vkey: str | None = None) -> ExportAuditSummary:
+class _Receipts:
+    """receipts/<index>.json: each re-shared entry's chain, verified with the upstream keys."""
+
+    def __init__(self, root: Path, upstream_vkeys: Sequence[str]) -> None:
+        self.dir = root / "receipts"
+        self.wanted: dict[int, Path] = {}
+        if self.dir.is_dir():
+            for p in self.dir.iterdir():
+                stem = p.name.removesuffix(".json")
+                if not (p.is_file() and p.name.endswith(".json") and stem.isdigit()):
+                    raise FormatError(f"unexpected file {p} in receipts/", field=str(p))
+                self.wanted[int(stem)] = p
+        self.keys = [Verifier.from_vkey(v.strip()) for v in upstream_vkeys]
+        self.leaves: dict[int, bytes] = {}
+        self.verified = 0
+
+    def take(self, base: int, entries: Sequence[bytes]) -> None:
+        for i in range(len(entries)):
+            if base + i in self.wanted:
+                self.leaves[base + i] = entries[i]
+
+    def key_for_origin(self, origin: str) -> Verifier:
+        for key in self.keys:
+            if origin == key.name:
+                return key
+            if origin.startswith(key.name + "/"):
+                # A node's key signs each of its sets' logs under the set's origin.
+                return Verifier.from_public_key(origin, key.public_key)
+        raise SignatureError(f"no --upstream-vkey for the log {origin}")
+
+    def finish(self, size: int) -> None:
+        for index, path in sorted(self.wanted.items()):
+            where = f"receipt {path.name} (leaf {index})"
+            if index >= size:
+                raise FormatError(f"{where} names a leaf beyond the checkpoint", field=str(path))
+            record = verify_record(self.leaves[index])
+            if not isinstance(record, Entry):
+                raise VerificationError(f"{where}: leaf {index} is a {record.type}, not an entry",
+                                        field=f"index {index}")
+            try:
+                receipt = Receipt.from_json(_read(path, "receipt"))
+                verify_receipt_chain(record, receipt, self.key_for_origin)
+            except ProtocolError as e:
+                raise _with_context(e, f"({where})") from e
+            self.verified += 1
+
+
+class _Members:
+    """members/: the coordinator's membership log, itself audited, then folded in time order.
+
+    Every record's author must be an authorised member at the record's ``created`` time (the
+    coordinator itself always is). The fold is kept per membership record, and each record is
+    checked against the state built from the membership records created at or before it.
+    """
+
+    def __init__(self, root: Path, vkey: str | None) -> None:
+        self.summary = audit_directory(root, trusted_vkey=vkey)
+        records: list[tuple[int, Membership]] = []
+        export = _Export(root)
+        for ref, entries in _bundles(export, self.summary.size, _TileChecker(export)):
+            for i, data in enumerate(entries):
+                rec = verify_record(data)
+                if isinstance(rec, Membership):
+                    records.append((ref.n * TILE_WIDTH + i, rec))
+        self.coordinator = records[0][1].author if records else ""
+        # States after each membership record, in created order (fold order is log order).
+        self.times: list[str] = []
+        self.states: list[MembershipState] = []
+        state = MembershipState(self.coordinator or "none")
+        for index, rec in records:
+            state = state.apply(rec, index)
+            self.times.append(rec.created)
+            self.states.append(state)
+        self.checked = 0
+
+    def check(self, base: int, entries: Sequence[bytes]) -> None:
+        for i, data in enumerate(entries):
+            value = json.loads(data)
+            author, created = value["author"], value["created"]
+            self.checked += 1
+            if author == self.coordinator:
+                continue
+            at = bisect.bisect_right(self.times, created)
+            member = self.states[at - 1].member(author) if at else None
+            if member is None or not member.is_authorised(parse_timestamp(created)):
+                raise VerificationError(
+                    f"leaf {base + i}: author {author} was not an authorised member of "
+                    f"{self.coordinator or 'the federation'} at {created}",
+                    field=f"index {base + i}",
+                )
+
+
+def audit_directory(
+    path: Path,
+    *,
+    trusted_vkey: str | None = None,
+    upstream_vkeys: Sequence[str] = (),
+    members_vkey: str | None = None,
+) -> ExportAuditSummary:
     """Audit the tlog-tiles export in ``path``; return the summary or raise a ProtocolError.
 
     ``trusted_vkey`` (the log's vkey obtained out of band) overrides ``DIR/vkey``; a key read from
@@ -357,6 +475,14 @@ def audit_directory(path: Path, *, trusted_vkey: str | None = None) -> ExportAud
     except (FormatError, VerificationError) as e:
         raise _with_context(e, f"({root / 'checkpoint'})") from e
 
+    checks = ["signature", "records", "revocations", "root", "hash tiles"]
+    receipts = _Receipts(root, upstream_vkeys)
+    members: _Members | None = None
+    if (root / "members" / "checkpoint").is_file():
+        try:
+            members = _Members(root / "members", members_vkey)
+        except ProtocolError as e:
+            raise _with_context(e, "(membership log in members/)") from e
     export = _Export(root)
     auditor = LogAuditor(cp.origin)
     checker = _TileChecker(export)
@@ -366,6 +492,10 @@ def audit_directory(path: Path, *, trusted_vkey: str | None = None) -> ExportAud
         bundles += 1
         try:
             pending.extend(auditor.add_many(entries))
+            if receipts.wanted:
+                receipts.take(ref.n * TILE_WIDTH, entries)
+            if members is not None:
+                members.check(ref.n * TILE_WIDTH, entries)
         except (FormatError, VerificationError) as e:
             raise _with_context(e, f"(entry bundle {ref.path()})") from e
         if len(pending) >= _BATCH_LEAVES:
@@ -397,6 +527,13 @@ def audit_directory(path: Path, *, trusted_vkey: str | None = None) -> ExportAud
     unverified = export.unverified()
     older: list[str] = []
     _check_older(export, log, cp, note, older.append)
+    if (root / "checkpoints").is_dir():
+        checks.append("older checkpoints")
+    if receipts.wanted:
+        receipts.finish(cp.size)
+        checks.append("re-share receipts")
+    if members is not None:
+        checks.append("membership")
 
     base = {f.name: getattr(summary, f.name) for f in fields(AuditSummary)}
     return ExportAuditSummary(
@@ -407,6 +544,9 @@ def audit_directory(path: Path, *, trusted_vkey: str | None = None) -> ExportAud
         hash_tiles=checker.checked,
         older_checkpoints=tuple(older),
         unverified_files=unverified,
+        checks=tuple(checks),
+        receipts=receipts.verified,
+        members_checked=members.checked if members is not None else 0,
     )
 
 
@@ -429,6 +569,7 @@ def _report(root: Path, s: ExportAuditSummary) -> str:
         f"  checked      {s.size} leaves in {s.bundles} entry bundles, {s.hash_tiles} hash tiles",
         f"  older        {len(s.older_checkpoints)} older checkpoints consistent"
         + (f" ({', '.join(s.older_checkpoints)})" if s.older_checkpoints else ""),
+        f"  checks       {', '.join(s.checks)}",
         f"  records      {_counts(s.record_types)}",
         f"  entries      {s.entries} ({s.active} active, {s.revoked} revoked)",
         f"  hash types   {_counts(s.hash_types)}",
@@ -493,6 +634,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="VKEY",
         help="the log's verifier key, obtained out of band (overrides DIR/vkey)",
     )
+    parser.add_argument(
+        "--upstream-vkey", metavar="VKEY", action="append", default=[],
+        help="a node vkey of an upstream log, to verify re-share receipts (repeatable)",
+    )
+    parser.add_argument(
+        "--members-vkey", metavar="VKEY",
+        help="the coordinator's members-log vkey (overrides DIR/members/vkey)",
+    )
     args = parser.parse_args(argv)
     if args.equivocation is not None:
         return _main_equivocation(parser, args.equivocation, args.vkey, args.json)
@@ -512,7 +661,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     # The one place audit errors become output.
     try:
-        summary = audit_directory(root, trusted_vkey=args.vkey)
+        summary = audit_directory(
+            root,
+            trusted_vkey=args.vkey,
+            upstream_vkeys=args.upstream_vkey,
+            members_vkey=args.members_vkey,
+        )
     except ProtocolError as e:
         if args.json:
             error: dict[str, object] = {"type": type(e).__name__, "message": e.message}
