@@ -170,3 +170,51 @@ attestation_view = Table(
     PrimaryKeyConstraint("set_id", "idx"),
 )
 Index("ix_attestation_target", attestation_view.c.target_origin, attestation_view.c.target_record)
+
+# ---------------------------------------------------------------------------------------------
+# Witnesses (migration 0003), used by node.witness
+# ---------------------------------------------------------------------------------------------
+
+# Logs this node witnesses (c2sp.org/tlog-witness: "configured with a list of supported log
+# public keys"), one key per origin.
+witness_logs = Table(
+    "witness_logs",
+    metadata,
+    Column("origin", String(200), primary_key=True),
+    Column("vkey", Text, nullable=False),
+    Column("created", String(20), nullable=False),
+)
+
+# The latest checkpoint this witness cosigned per origin: the largest consistent tree it has seen.
+# A row exists from add-log on (size 0, empty root, no note), so that add-checkpoint can always
+# lock an existing row for its compare-and-swap.
+witness_state = Table(
+    "witness_state",
+    metadata,
+    Column("origin", String(200), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("root", LargeBinary, nullable=False),
+    Column("note", LargeBinary, nullable=True),
+    Column("updated", String(20), nullable=False),
+)
+
+# Witnesses this node asks to cosign its own checkpoints.
+witness_peers = Table(
+    "witness_peers",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("vkey", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("created", String(20), nullable=False),
+)
+
+# Subscriber policy: a mirror (or "*" for every mirror) needs `quorum` cosignatures from these
+# witnesses (newline-separated cosignature vkeys) before sync accepts a checkpoint.
+witness_quorums = Table(
+    "witness_quorums",
+    metadata,
+    Column("set_name", String(200), primary_key=True),
+    Column("quorum", Integer, nullable=False),
+    Column("vkeys", Text, nullable=False),
+    Column("created", String(20), nullable=False),
+)
