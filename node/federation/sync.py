@@ -61,9 +61,10 @@ from node.storage import PreparedRecord, SetInfo
 from node.storage.federation import FederationStore
 from node.storage.schema import sets
 from node.storage.sql import SqlStore
+from node.witness import verify_mirror_checkpoint
 from protocol import merkle
 from protocol import tiles as tlog
-from protocol.checkpoint import Checkpoint, verify_checkpoint
+from protocol.checkpoint import Checkpoint
 from protocol.errors import (
     FormatError,
     InconsistentTreeError,
@@ -387,7 +388,8 @@ class _Sync:
     async def run(self) -> SyncResult:
         info = self.info
         note = await self.client.checkpoint(self.remote_set)
-        cp = verify_checkpoint(note, self.verifier)
+        # The log's signature, and the witness quorum if the mirror requires one (node.witness).
+        cp = await verify_mirror_checkpoint(self.store, info, note, self.verifier)
         m, n = info.size, cp.size
         if n < m:
             await self._evidence(

@@ -42,6 +42,7 @@ from node.server.cache import ByteLRU
 from node.server.metrics import NodeMetrics
 from node.server.routes import MAX_BODY, STATE, NodeState, add_routes, json_response
 from node.service import NodeService
+from node.witness import install_witness
 from protocol.errors import ProtocolError
 
 log = logging.getLogger("hashfed.server")
@@ -150,6 +151,7 @@ def build_app(service: NodeService, operator_token: str) -> web.Application:
     app[STATE] = NodeState(service, auth, metrics, ByteLRU())
     add_routes(app)
     add_push_routes(app)  # after the metrics hook: it chains with it
+    install_witness(app, service)  # POST /add-checkpoint; cosignatures on our checkpoints
     return app
 
 
