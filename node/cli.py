@@ -569,9 +569,6 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_witness import register as register_witness
 
     register_witness(sub)  # witness [init|vkey|add-log|logs|use|require]
-    from node.cli_witness import register as register_witness
-
-    register_witness(sub)  # witness [init|vkey|add-log|logs|use|require]
     from node.cli_federation_view import register as register_view
 
     register_view(sub)  # attest, export-view
