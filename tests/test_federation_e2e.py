@@ -242,7 +242,7 @@ async def _is(state: Any, want: str) -> bool:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 async def test_revocation_propagation_time_a_to_c(tmp_path: Path) -> None:
