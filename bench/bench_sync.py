@@ -1,0 +1,111 @@
+"""Bootstrap sync over loopback: a fresh subscriber mirrors an N-entry set, vs. the floor.
+
+Ours:  `hashfed subscribe` + `hashfed sync --once` in a subprocess of a fresh node, against a
+       real `hashfed serve` of a node holding N entries (built once and cached, see
+       bench_serve.py): every checkpoint, tile and bundle fetched over HTTP and verified before it
+       is stored in SQLite.
+       Peak RSS of the syncing process is reported (os.wait4).
+Floor: in this process, the same leaf bytes (read from the publisher's database beforehand):
+       orjson parse + SHA-256 leaf hash + sqlite3 executemany into one table, one transaction.
+
+    .venv/bin/python bench/bench_sync.py --entries 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_serve import build, free_port, wait_ready  # noqa: E402
+
+HASHFED = [sys.executable, "-m", "node.cli"]
+
+
+def leaves_of(data: Path) -> list[bytes]:
+    con = sqlite3.connect(data / "node.db")
+    rows = con.execute("SELECT data FROM records ORDER BY set_id, idx").fetchall()
+    con.close()
+    return [bytes(r[0]) for r in rows]
+
+
+def floor(leaves: list[bytes], db: Path) -> float:
+    start = time.perf_counter()
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE leaves (idx INTEGER PRIMARY KEY, hash BLOB, data BLOB)")
+
+    def rows() -> Iterator[tuple[int, bytes, bytes]]:
+        for i, leaf in enumerate(leaves):
+            orjson.loads(leaf)
+            yield i, hashlib.sha256(b"\x00" + leaf).digest(), leaf
+
+    with con:
+        con.executemany("INSERT INTO leaves VALUES (?, ?, ?)", rows())
+    con.close()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=100_000)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()))
+    args = parser.parse_args()
+    data = args.cache / f"hashfed-bench-serve-{args.entries}"
+    if not (data / "hashfed.toml").exists():
+        print(f"building a node with {args.entries:,} entries in {data} (cached) ...")
+        asyncio.run(build(data, args.entries))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([*HASHFED, "db", "upgrade", "--data", str(data)], env=env, check=True,
+                   capture_output=True)
+    leaves = leaves_of(data)
+    port = free_port()
+    server = subprocess.Popen([*HASHFED, "serve", "--data", str(data), "--listen",
+                               f"127.0.0.1:{port}"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/healthz", server)
+        with tempfile.TemporaryDirectory(prefix="hashfed-bench-sync-") as tmp:
+            work = Path(tmp)
+            f = floor(leaves, work / "floor.db")
+            sub = work / "subscriber"
+            subprocess.run([*HASHFED, "init", "--data", str(sub), "--origin", "sub.example",
+                            "--org", "sub.example"], env=env, check=True, capture_output=True)
+            vkey = subprocess.run([*HASHFED, "vkey", "--data", str(data)], env=env, check=True,
+                                  capture_output=True, text=True).stdout.strip()
+            subprocess.run([*HASHFED, "subscribe", "--data", str(sub), "--url",
+                            f"http://127.0.0.1:{port}", "--set", "bench", "--vkey", vkey],
+                           env=env, check=True, capture_output=True)
+            start = time.perf_counter()
+            proc = subprocess.Popen([*HASHFED, "sync", "--data", str(sub), "--once"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+            ours = time.perf_counter() - start
+            if os.waitstatus_to_exitcode(status) != 0:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise SystemExit(f"sync failed: {err}")
+            n = len(leaves)
+            print(f"{n:,} entries: floor {n / f:,.0f}/s (no HTTP), hashfed sync {n / ours:,.0f}/s "
+                  f"({ours:.1f} s), ratio {f / ours:.2f} (goal >= 0.5); peak RSS of the sync "
+                  f"process {usage.ru_maxrss / 1024:.0f} MiB (goal < 300)")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
