@@ -566,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_federation_sync import register as register_sync
 
     register_sync(sub)  # subscribe, sync, subscriptions
+    from node.cli_audit import register as register_audit
+
+    register_audit(sub)  # audit
     from node.cli_witness import register as register_witness
 
     register_witness(sub)  # witness [init|vkey|add-log|logs|use|require]

@@ -344,6 +344,11 @@ class NodeService:
             entries = await self.store.read_entries(info.id, n * tlog.TILE_WIDTH, width)
             ref = tlog.TileRef(0, n, width, is_entries=True)
             _write(out / ref.path(), tlog.encode_entry_bundle(entries))
+        # Older checkpoints, re-share receipts, membership log: what the audit checks beyond the
+        # tree (imported here: the audit command builds on the service, not the other way).
+        from node.cli_audit import export_evidence
+
+        await export_evidence(self, info, out)
         return size
 
 

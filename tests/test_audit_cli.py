@@ -1,0 +1,176 @@
+"""`hashfed audit`: export and live audits, report.json/html, tampering named by index, evidence."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+from nodeutil import running_node
+
+from node import cli
+from node.audit_report import build_report, print_report, render_html
+from node.config import load_config
+from node.storage.sql import SqlStore
+from protocol import merkle
+from protocol.audit import ExportAuditSummary
+from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.note import Signer, Verifier
+from protocol.tiles import TileRef
+
+ORIGIN = "audit.example/node"
+ORG = "example.org"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _jsonl(n: int, label: str = "ic:A1") -> bytes:
+    return b"".join(
+        json.dumps({"hash_type": "sha256", "hash_value": os.urandom(32).hex(),
+                    "labels": [label]}).encode() + b"\n"
+        for _ in range(n)
+    )
+
+
+def _main(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    capsys.readouterr()
+    status = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return status, out, err
+
+
+@pytest.fixture
+def exported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, Path, str]:
+    """A node with set demo published in two batches (two checkpoints), exported."""
+    for name in list(os.environ):
+        if name.startswith("HASHFED_"):
+            monkeypatch.delenv(name)
+    data = tmp_path / "node"
+    assert _main(capsys, "init", "--data", data, "--origin", ORIGIN, "--org", ORG)[0] == 0
+    assert _main(capsys, "set", "create", "demo", "--tlp", "clear", "--data", data)[0] == 0
+    for i, n in enumerate((300, 40)):
+        src = tmp_path / f"b{i}.jsonl"
+        src.write_bytes(_jsonl(n))
+        assert _main(capsys, "publish", "--data", data, "--set", "demo", src)[0] == 0
+    out = tmp_path / "export"
+    assert _main(capsys, "export", "--data", data, "--set", "demo", "--out", out)[0] == 0
+    status, vkey, _ = _main(capsys, "vkey", "--data", data)
+    assert status == 0
+    return data, out, vkey.strip().splitlines()[-1].strip()
+
+
+def test_export_audit_passes_with_older_checkpoints_and_writes_reports(
+    exported: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _data, out, vkey = exported
+    assert len(list((out / "checkpoints").iterdir())) == 1  # the size-300 checkpoint
+    status, text, err = _main(
+        capsys, "audit", "--export", out, "--vkey", vkey, "--report", tmp_path / "rep"
+    )
+    assert status == 0, text + err
+    assert "PASS" in text and "pinned by the caller" in text
+    assert "older checkpoints" in text and f"{ORIGIN}/demo" in text
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["ok"] is True and report["summary"]["size"] == 340
+    assert report["summary"]["labels"] == {"ic:A1": 340}
+    assert report["summary"]["older_checkpoints"] == ["000000000300"]
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+
+    # Without --vkey the key comes from the directory, and the summary says so.
+    status, text, _ = _main(capsys, "audit", "--export", out)
+    assert status == 0 and "NOT PINNED" in text
+
+
+def test_tampered_record_fails_naming_its_index(
+    exported: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _data, out, vkey = exported
+    bundle = out / TileRef(0, 1, 84, is_entries=True).path()
+    data = bundle.read_bytes()
+    # Leaf 256 + 5: same length, so the bundle framing stays valid and only the record is bad.
+    pos = -1
+    for _ in range(6):
+        pos = data.index(b'"type":"entry"', pos + 1)
+    bundle.write_bytes(data[:pos] + b'"type":"entrx"' + data[pos + 14:])
+    status, text, _ = _main(
+        capsys, "audit", "--export", out, "--vkey", vkey, "--report", tmp_path / "rep"
+    )
+    assert status == 1
+    assert "FAIL" in text and "record 261:" in text
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert report["ok"] is False
+    (failure,) = report["failures"]
+    assert failure["index"] == 261 and failure["type"] == "FormatError"
+    assert "261" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_html_escapes_record_strings() -> None:
+    evil = "<script>alert(1)</script>"
+    summary = ExportAuditSummary(
+        origin=f"x.example/{evil}", size=1, root_hash=bytes(32),
+        labels=MappingProxyType({evil: 1}), authors=MappingProxyType({evil: 1}),
+        key_source="pinned", vkey=evil, checks=("records",),
+    )
+    page = render_html(build_report(evil, summary))
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    buf = io.StringIO()
+    print_report(build_report(evil, summary), buf)  # not a TTY: plain text
+    assert "PASS" in buf.getvalue()
+
+
+async def test_live_audit_of_a_running_node(tmp_path: Path) -> None:
+    async with running_node(tmp_path / "a", origin="live.example") as node:
+        async with node.client() as client:
+            await client.create_set("open", "clear")
+            await client.publish("open", [
+                {"hash_type": "sha256", "hash_value": os.urandom(32).hex()} for _ in range(270)
+            ])
+            for _ in range(200):  # the checkpoint is signed by the sequencer, shortly after
+                if (await client.get_json("/v1/sets/open"))["size"] == 270:
+                    break
+                await asyncio.sleep(0.05)
+        args = cli.parse_args(["audit", "--url", node.url, "--set", "open", "--vkey", node.vkey,
+                               "--report", str(tmp_path / "rep")])
+        assert await args.func(args) == 0
+        report = json.loads((tmp_path / "rep" / "report.json").read_text())
+        assert report["summary"]["size"] == 270 and report["summary"]["key_pinned"]
+        assert report["summary"]["origin"] == "live.example/open"
+        # A wrong pinned key fails.
+        other = Signer.generate("live.example").verifier().vkey()
+        args = cli.parse_args(["audit", "--url", node.url, "--set", "open", "--vkey", other])
+        assert await args.func(args) == 1
+
+
+async def test_evidence_rows_become_equivocation_proofs(tmp_path: Path) -> None:
+    async with running_node(tmp_path / "a", origin="ev.example") as node:
+        partner = Signer.generate("partner.example/set")
+        notes = [
+            sign_checkpoint(Checkpoint(partner.name, 5, merkle.leaf_hash(bytes([i]))), partner)
+            for i in range(2)
+        ]
+        store = await SqlStore.open(load_config(node.data_dir).database_url)
+        try:
+            await store.add_evidence(partner.name, "fork", "two roots for size 5", *notes)
+        finally:
+            await store.close()
+        out = tmp_path / "evidence"
+        args = cli.parse_args(["audit", "--evidence", str(out), "--data", str(node.data_dir)])
+        assert await args.func(args) == 0
+    (proof_file,) = out.glob("*.json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "protocol.audit", "--equivocation", str(proof_file),
+         "--vkey", partner.verifier().vkey()],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert isinstance(Verifier.from_vkey(partner.verifier().vkey()), Verifier)
