@@ -5,10 +5,11 @@ only ``cryptography`` and ``pydantic`` installed (no network, no database, no as
 below are the public surface; submodules hold the details and the lower-level helpers.
 
 Verification functions return ``None`` (or the verified object) or raise a
-:class:`~protocol.errors.ProtocolError`: see :mod:`protocol.errors` for the hierarchy.
+:class:`~protocol.errors.ProtocolError`: see :mod:`protocol.errors` for the hierarchy. The export
+auditor is :mod:`protocol.audit` (``python -m protocol.audit DIR``); it is not imported here, so
+that running it as a module does not import it twice.
 """
 
-from protocol.audit import ExportAuditSummary, audit_directory
 from protocol.checkpoint import (
     Checkpoint,
     CosignatureSigner,
@@ -75,7 +76,6 @@ __all__ = [
     "CosignatureSigner",
     "CosignatureVerifier",
     "Entry",
-    "ExportAuditSummary",
     "FormatError",
     "HashType",
     "InconsistentTreeError",
@@ -97,7 +97,6 @@ __all__ = [
     "VerifiedTree",
     "Verifier",
     "add_cosignatures",
-    "audit_directory",
     "canonicalize",
     "check_fork",
     "check_hash",
