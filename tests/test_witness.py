@@ -59,9 +59,13 @@ WAIT = 10.0
 
 
 @contextlib.asynccontextmanager
-async def witness_node(data_dir: Path, origin: str) -> AsyncIterator[tuple[RunningNode, str]]:
+async def witness_node(
+    data_dir: Path, origin: str, database_url: str | None = None
+) -> AsyncIterator[tuple[RunningNode, str]]:
     """A serving node with a witness key; yields it and the witness's vkey."""
-    cfg = await make_node_dir(data_dir, origin=origin, org=origin.replace("node", "org"))
+    cfg = await make_node_dir(
+        data_dir, database_url, origin=origin, org=origin.replace("node", "org")
+    )
     vkey = create_witness_key(cfg).verifier().vkey()
     async with serving(cfg) as node:
         yield node, vkey
@@ -135,8 +139,10 @@ class FakeLog:
 # -- the witness endpoint -------------------------------------------------------------------------
 
 
-async def test_add_checkpoint_answers_exactly_as_tlog_witness_says(tmp_path: Path) -> None:
-    async with witness_node(tmp_path / "w", "node-w.test") as (w, wvkey):
+async def test_add_checkpoint_answers_exactly_as_tlog_witness_says(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with witness_node(tmp_path / "w", "node-w.test", database_url) as (w, wvkey):
         witness = CosignatureVerifier.from_vkey(wvkey)
         log = FakeLog("log.test/a")
         async with witness_store(w.cfg) as ws:
@@ -182,8 +188,10 @@ async def test_add_checkpoint_answers_exactly_as_tlog_witness_says(tmp_path: Pat
             assert await ws.store.list_evidence() == []
 
 
-async def test_a_witness_refuses_a_rollback_and_keeps_both_notes(tmp_path: Path) -> None:
-    async with witness_node(tmp_path / "w", "node-w.test") as (w, _):
+async def test_a_witness_refuses_a_rollback_and_keeps_both_notes(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with witness_node(tmp_path / "w", "node-w.test", database_url) as (w, _):
         log = FakeLog("log.test/a")
         async with witness_store(w.cfg) as ws:
             await ws.add_log(log.origin, log.signer.verifier().vkey())
@@ -384,6 +392,63 @@ async def test_a_quorum_refuses_an_uncosigned_checkpoint_without_gossip_peers(
                 await sync_once(b, "org-a.test:csam")
             await WitnessStore(b.store).require("org-a.test:csam", [], 0)  # dropped
             assert (await sync_once(b, "org-a.test:csam")).after == 2
+
+
+async def test_concurrent_submissions_never_roll_the_witness_back(
+    tmp_path: Path, database_url: str
+) -> None:
+    """tlog-witness's race: many requests at once; the state ends at the largest tree."""
+    async with witness_node(tmp_path / "w", "node-w.test", database_url) as (w, _):
+        log = FakeLog("log.test/a")
+        async with witness_store(w.cfg) as ws:
+            await ws.add_log(log.origin, log.signer.verifier().vkey())
+        log.grow(20)
+        bodies = [log.request(0, size) for size in range(1, 21)]
+        statuses = await asyncio.gather(*(post(w.url, b) for b in bodies))
+        ok = [size for size, (status, _, _) in zip(range(1, 21), statuses, strict=True)
+              if status == 200]
+        assert len(ok) == 1  # every request claims old 0: only the first one can pass
+        async with witness_store(w.cfg) as ws:
+            assert (await ws.list_logs())[0]["size"] == ok[0]
+
+
+async def test_standalone_witness_serves_only_the_witness(tmp_path: Path) -> None:
+    from node.witness import serve_witness
+
+    cfg = await make_node_dir(tmp_path / "w", origin="node-w.test", org="org-w.test")
+    with pytest.raises(SetupError, match="witness init"):
+        await serve_witness(cfg, "127.0.0.1:0")
+    create_witness_key(cfg)
+    log = FakeLog("log.test/a")
+    async with witness_store(cfg) as ws:
+        await ws.add_log(log.origin, log.signer.verifier().vkey())
+    port = free_port()
+    ready = asyncio.Event()
+    task = asyncio.create_task(serve_witness(cfg, f"127.0.0.1:{port}", ready=ready))
+    try:
+        await asyncio.wait_for(ready.wait(), WAIT)
+        url = f"http://127.0.0.1:{port}"
+        log.grow(3)
+        assert (await post(url, log.request(0, 3)))[0] == 200
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/witness/checkpoint?origin=log.test%2Fa") as resp:
+                assert resp.status == 200
+                assert split_note(await resp.read())[0] == split_note(log.note(3))[0]
+            async with session.get(f"{url}/v1/node") as resp:
+                assert resp.status == 404
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 # -- keys and the CLI -----------------------------------------------------------------------------
