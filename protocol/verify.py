@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from protocol import merkle
 from protocol.checkpoint import Checkpoint, CosignatureVerifier, verify_checkpoint
@@ -27,6 +28,7 @@ from protocol.errors import (
     FormatError,
     InconsistentTreeError,
     ProofError,
+    RecordTooLargeError,
     VerificationError,
 )
 from protocol.note import Verifier
@@ -208,6 +210,46 @@ def _hash_key(hash_type: str, hash_value: str) -> bytes:
     return hashlib.sha256(f"{hash_type}\n{hash_value}".encode()).digest()[:16]
 
 
+#: what the log-level checks need from one record: (type, author, detail), picklable
+RecordFacts = tuple[str, str, tuple[Any, ...]]
+#: one bundle decoded: facts of the valid leading records, their leaf hashes, and the error of
+#: the first invalid record as (error class name, message, field), or None
+DecodedBundle = tuple[list[RecordFacts], list[bytes], tuple[str, str, str | None] | None]
+
+
+def record_facts(data: bytes) -> RecordFacts:
+    """Validate one leaf (:func:`verify_record`) and keep only what the log-level checks use."""
+    record = verify_record(data)
+    if isinstance(record, Entry):
+        h = record.hash
+        return "entry", record.author, (record.id, h.type, _hash_key(h.type, h.value),
+                                        tuple(record.labels))
+    if isinstance(record, Revocation):
+        ref = record.target_hash
+        return "revocation", record.author, (
+            record.id, record.target, ref.type, ref.value[:16], _hash_key(ref.type, ref.value),
+            record.role, record.reason,
+        )
+    return record.type, record.author, ()
+
+
+def decode_bundle(entries: Sequence[bytes]) -> DecodedBundle:
+    """Record checks and leaf hashes of a run of leaves, stopping at the first invalid one.
+
+    A pure function of its input, so it can run in a worker process (see protocol.audit).
+    """
+    facts: list[RecordFacts] = []
+    hashes: list[bytes] = []
+    sha = hashlib.sha256
+    for data in entries:
+        try:
+            facts.append(record_facts(data))
+        except FormatError as e:
+            return facts, hashes, (type(e).__name__, e.message, e.field)
+        hashes.append(sha(b"\x00" + data).digest())
+    return facts, hashes, None
+
+
 class LogAuditor:
     """Streams one log's leaves in index order and checks them against a checkpoint at the end.
 
@@ -287,66 +329,94 @@ class LogAuditor:
 
     def _check(self, data: bytes, index: int) -> bytes:
         """Validate leaf ``index`` and update the counts; return its leaf hash (tree untouched)."""
-        where = f"index {index}"
         try:
-            record = verify_record(data)
+            facts = record_facts(data)
         except FormatError as e:
-            inner = f" ({e.field})" if e.field else ""
-            raise type(e)(
-                f"leaf {index} of {self._origin} is not a valid record: {e.message}{inner}",
-                field=where,
-            ) from e
-        if isinstance(record, Entry):
-            self._add_entry(record, index, where)
-        elif isinstance(record, Revocation):
-            self._add_revocation(record, index, where)
-        self._types[record.type] += 1
-        self._authors[record.author] += 1
+            raise self._invalid(e, index) from e
+        self._apply(facts, index)
         return merkle.leaf_hash(bytes(data))
 
-    def _add_entry(self, entry: Entry, index: int, where: str) -> None:
-        rid = bytes.fromhex(entry.id)
+    def _invalid(self, e: FormatError, index: int) -> FormatError:
+        inner = f" ({e.field})" if e.field else ""
+        return type(e)(
+            f"leaf {index} of {self._origin} is not a valid record: {e.message}{inner}",
+            field=f"index {index}",
+        )
+
+    def add_decoded(self, decoded: DecodedBundle) -> list[bytes]:
+        """Add the leaves of one bundle already decoded by :func:`decode_bundle` (in order).
+
+        The same checks and errors as :meth:`add_many` on the bundle's bytes: the record checks
+        ran in :func:`decode_bundle` (perhaps in another process), the log's rules run here.
+        """
+        facts, hashes, error = decoded
+        base = self._range.size
+        done = 0
+        try:
+            for done, f in enumerate(facts):
+                self._apply(f, base + done)
+            done = len(facts)
+        finally:
+            self._range.extend(hashes[:done])
+        if error is not None:
+            kind, message, field_name = error
+            cls = RecordTooLargeError if kind == "RecordTooLargeError" else FormatError
+            raise self._invalid(cls(message, field=field_name), base + len(facts))
+        return hashes
+
+    def _apply(self, facts: RecordFacts, index: int) -> None:
+        rtype, author, detail = facts
+        if rtype == "entry":
+            self._add_entry(author, detail, index)
+        elif rtype == "revocation":
+            self._add_revocation(author, detail, index)
+        self._types[rtype] += 1
+        self._authors[author] += 1
+
+    def _add_entry(self, author: str, detail: tuple[Any, ...], index: int) -> None:
+        entry_id, hash_type, key, labels = detail
+        rid = bytes.fromhex(entry_id)
         if rid in self._entries:
             raise VerificationError(
-                f"leaf {index} of {self._origin}: entry id {entry.id} was already used by an "
+                f"leaf {index} of {self._origin}: entry id {entry_id} was already used by an "
                 "earlier entry",
-                field=where,
+                field=f"index {index}",
             )
-        author = self._author_ids.setdefault(entry.author, len(self._author_ids))
-        self._entries[rid] = _hash_key(entry.hash.type, entry.hash.value) + author.to_bytes(4)
-        self._hash_types[entry.hash.type] += 1
-        for label in entry.labels:
-            self._labels[label] += 1
+        author_no = self._author_ids.setdefault(author, len(self._author_ids))
+        self._entries[rid] = key + author_no.to_bytes(4)
+        self._hash_types[hash_type] += 1
+        self._labels.update(labels)
 
-    def _add_revocation(self, rev: Revocation, index: int, where: str) -> None:
-        prefix = f"leaf {index} of {self._origin}: revocation {rev.id}"
-        tid = bytes.fromhex(rev.target)
+    def _add_revocation(self, author: str, detail: tuple[Any, ...], index: int) -> None:
+        rev_id, target, ref_type, ref_value16, ref_key, role, reason = detail
+        where = f"index {index}"
+        prefix = f"leaf {index} of {self._origin}: revocation {rev_id}"
+        tid = bytes.fromhex(target)
         key = self._entries.get(tid)
         if key is None:
             raise VerificationError(
-                f"{prefix} targets {rev.target}, which is not an earlier entry of this log",
+                f"{prefix} targets {target}, which is not an earlier entry of this log",
                 field=where,
             )
         if tid in self._revoked:
             raise VerificationError(
-                f"{prefix} targets entry {rev.target}, which is already revoked", field=where
+                f"{prefix} targets entry {target}, which is already revoked", field=where
             )
-        ref = rev.target_hash
-        if key[:16] != _hash_key(ref.type, ref.value):
+        if key[:16] != ref_key:
             raise VerificationError(
-                f"{prefix} names hash {ref.type}:{ref.value[:16]}..., which is not the hash of "
-                f"entry {rev.target}",
+                f"{prefix} names hash {ref_type}:{ref_value16}..., which is not the hash of "
+                f"entry {target}",
                 field=where,
             )
         # Only the entry's author may revoke in the "author" role; a coordinator may revoke any.
-        if rev.role == "author" and self._author_ids.get(rev.author) != int.from_bytes(key[16:]):
+        if role == "author" and self._author_ids.get(author) != int.from_bytes(key[16:]):
             raise VerificationError(
-                f"{prefix} is in the author role, but {rev.author} is not the author of entry "
-                f"{rev.target}",
+                f"{prefix} is in the author role, but {author} is not the author of entry "
+                f"{target}",
                 field=where,
             )
         self._revoked.add(tid)
-        self._reasons[rev.reason] += 1
+        self._reasons[reason] += 1
 
     def summary(self) -> AuditSummary:
         """The counts so far, with the root of the leaves added so far (nothing is checked)."""
