@@ -174,3 +174,26 @@ async def test_evidence_rows_become_equivocation_proofs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert isinstance(Verifier.from_vkey(partner.verifier().vkey()), Verifier)
+
+
+def test_parallel_record_checks_give_identical_results(
+    exported: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from protocol import audit
+    from protocol.errors import FormatError
+
+    _data, out, _vkey = exported
+    monkeypatch.setattr(audit, "_PARALLEL_MIN_LEAVES", 0)
+    one = audit.audit_directory(out, workers=1)
+    two = audit.audit_directory(out, workers=2)
+    assert one.as_dict() == two.as_dict()
+    bundle = out / TileRef(0, 0, 256, is_entries=True).path()
+    data = bundle.read_bytes()
+    pos = data.index(b'"type":"entry"', data.index(b'"type":"entry"') + 1)  # leaf 1
+    bundle.write_bytes(data[:pos] + b'"type":"entrx"' + data[pos + 14:])
+    errors = []
+    for workers in (1, 2):
+        with pytest.raises(FormatError) as info:
+            audit.audit_directory(out, workers=workers)
+        errors.append((info.value.message, info.value.field))
+    assert errors[0] == errors[1] and errors[0][1] == "index 1"
