@@ -8,7 +8,7 @@ import protocol
 def test_exported_names_are_pinned() -> None:
     exported = {name for name in dir(protocol) if not name.startswith("_")}
     submodules = {
-        "checkpoint", "errors", "hashtypes", "jcs", "membership", "merkle", "mirror",
+        "checkpoint", "equivocation", "errors", "hashtypes", "jcs", "membership", "merkle", "mirror",
         "note", "receipts", "records", "tiles", "verify",
     }
     assert exported - submodules == set(protocol.__all__)
