@@ -20,6 +20,7 @@ from protocol.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
+from protocol.equivocation import EquivocationProof, verify_equivocation
 from protocol.errors import (
     FormatError,
     InconsistentTreeError,
@@ -76,6 +77,7 @@ __all__ = [
     "CosignatureSigner",
     "CosignatureVerifier",
     "Entry",
+    "EquivocationProof",
     "FormatError",
     "HashType",
     "InconsistentTreeError",
@@ -122,6 +124,7 @@ __all__ = [
     "verify_checkpoint",
     "verify_consistency",
     "verify_consistency_of",
+    "verify_equivocation",
     "verify_inclusion",
     "verify_inclusion_of",
     "verify_log",
