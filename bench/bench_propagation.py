@@ -14,8 +14,12 @@ observation points are timed from the moment the operator request to A is sent:
   revocation in that same sync, signed a checkpoint and pushed it, C synced and verified it).
 
 Both states are polled every ``--poll`` seconds; every wait is bounded (20 s per revocation).
+``--gap`` waits that long after a revocation reached C before the next one: a node signs a
+checkpoint at once after an idle second but at most once a second (the sequencer sleeps its
+checkpoint interval after signing), so back-to-back revocations (gap 0) can wait up to that second
+at A and again at B, and a gap over 1 s shows the path without that wait.
 
-    .venv/bin/python bench/bench_propagation.py [--revocations 50] [--json]
+    .venv/bin/python bench/bench_propagation.py [--revocations 50] [--gap 0] [--json]
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ async def _state(node: Node, mirror: str, value: str) -> str | None:
     return "revoked" if found[0].revoked_by is not None else "active"
 
 
-async def measure(a: Node, b: Node, c: Node, n: int, poll: float) -> Timings:
+async def measure(
+    a: Node, b: Node, c: Node, n: int, poll: float, gap: float = 0.0
+) -> Timings:
     """Publish n entries on A, wait until C mirrors all of them, then revoke them one by one."""
     items = [sha256_item() for _ in range(n)]
     async with a.client() as op:
@@ -86,6 +92,8 @@ async def measure(a: Node, b: Node, c: Node, n: int, poll: float) -> Timings:
         one: list[float] = []
         two: list[float] = []
         for it, pub in zip(items, published, strict=True):
+            if gap and one:
+                await asyncio.sleep(gap)
             value = it["hash_value"]
             started = time.monotonic()
             async with a.client() as op:
@@ -118,28 +126,33 @@ def summary(times: list[float]) -> dict[str, float]:
     }
 
 
-async def run(n: int, poll: float) -> Timings:
+async def run(n: int, poll: float, gap: float) -> Timings:
     with tempfile.TemporaryDirectory(prefix="hashfed-bench-propagation-") as tmp:
         async with federation(Path(tmp)) as (_coord, a, b, c):
             await setup_chain(a, b, c)
-            return await measure(a, b, c, n, poll)
+            return await measure(a, b, c, n, poll, gap)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--revocations", type=int, default=50)
     parser.add_argument("--poll", type=float, default=0.01, help="seconds between state polls")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="seconds between a revocation reaching C and the next revoke")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if not 1 <= args.revocations <= 1000:
         parser.error("--revocations must be 1 to 1000")
-    t = asyncio.run(run(args.revocations, args.poll))
+    if not 0 <= args.gap <= 10:
+        parser.error("--gap must be 0 to 10 seconds")
+    t = asyncio.run(run(args.revocations, args.poll, args.gap))
     one, two = summary(t.one_hop), summary(t.two_hops)
     if args.json:
         print(orjson.dumps({"revocations": len(t.two_hops), "one_hop_a_b": one,
-                            "two_hops_a_b_c": two, "goal_p95_s": GOAL_P95}).decode())
+                            "two_hops_a_b_c": two, "gap_s": args.gap,
+                            "goal_p95_s": GOAL_P95}).decode())
         return
-    print(f"{len(t.two_hops)} revocations, seconds from revoke on A")
+    print(f"{len(t.two_hops)} revocations ({args.gap} s apart), seconds from revoke on A")
     print(f"{'':24}{'p50':>8}{'p95':>8}{'max':>8}")
     for name, s in (("one hop  (A -> B)", one), ("two hops (A -> B -> C)", two)):
         print(f"{name:24}{s['p50_s']:8.3f}{s['p95_s']:8.3f}{s['max_s']:8.3f}")
