@@ -7,7 +7,7 @@ reads (sets, checkpoints, tiles, proofs, lookups) from the store. It knows nothi
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -248,12 +248,16 @@ class NodeService:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def view_fields(self, ans: LookupAnswer) -> dict[str, Any]:
+    async def view_fields(
+        self, ans: LookupAnswer, readable: Collection[int] | None = None
+    ) -> dict[str, Any]:
         """What the merged view adds to a match: the set's kind, the entry's org, its
         provenance chain and a summary of the attestations about it.
 
         Attestations are counted for every identity the signal has had on its way (its record
-        here, the original record, and each hop's upstream record), once per attestation.
+        here, the original record, and each hop's upstream record), once per attestation, and
+        only from sets in ``readable`` (ids of the sets the caller may read; None = all, for the
+        operator): an AMBER attestation must not show through a GREEN caller's counts.
         """
         entry = ans.entry
         prov = entry.provenance
@@ -262,9 +266,11 @@ class NodeService:
         counts = dict.fromkeys(ATTESTATION_OPINIONS, 0)
         orgs: set[str] = set()
         sightings = 0
-        for _set_id, _idx, attester, opinion, count in await self.store.attestations_for(
+        for set_id, _idx, attester, opinion, count in await self.store.attestations_for(
             sorted(targets)
         ):
+            if readable is not None and set_id not in readable:
+                continue
             counts[opinion] = counts.get(opinion, 0) + 1
             orgs.add(attester)
             sightings += count or 0

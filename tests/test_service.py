@@ -160,3 +160,19 @@ async def test_export_is_a_tlog_tiles_directory(service: NodeService, tmp_path: 
     assert (out / "tile/0/002.p/188").stat().st_size == 188 * 32
     assert (out / "tile/1/000.p/2").exists()
     assert (out / "tile/entries/002.p/188").exists()
+
+
+async def test_attestation_counts_respect_what_the_caller_may_read(service: NodeService) -> None:
+    green = await service.create_set("g", "green")
+    amber = await service.create_set("a", "amber")
+    item = entry_input(line())
+    (res,) = await service.publish("g", [item])
+    await service.attest("a", target_origin=green.origin, target=res.record_id,
+                         hash_type="sha256", hash_value=item.hash_value, opinion="agree")
+    (ans,) = await service.lookup("sha256", item.hash_value, [green])
+    everything = await service.view_fields(ans)
+    assert everything["attestations"]["counts"]["agree"] == 1
+    green_only = await service.view_fields(ans, {green.id})
+    assert green_only["attestations"]["counts"]["agree"] == 0
+    assert green_only["attestations"]["orgs"] == []
+    assert amber.id not in {green.id}

@@ -253,7 +253,9 @@ async def consistency_proof(request: web.Request) -> web.Response:
 
 # -- lookups --------------------------------------------------------------------------------------
 
-async def _match_json(service: NodeService, ans: LookupAnswer) -> dict[str, Any]:
+async def _match_json(
+    service: NodeService, ans: LookupAnswer, readable: set[int]
+) -> dict[str, Any]:
     info = ans.set
     index = ans.stored.index
     match: dict[str, Any] = {
@@ -266,7 +268,7 @@ async def _match_json(service: NodeService, ans: LookupAnswer) -> dict[str, Any]
     }
     if ans.revocation is not None:
         match["revocation"] = orjson.loads(encode_record(ans.revocation))
-    match.update(await service.view_fields(ans))
+    match.update(await service.view_fields(ans, readable))
     if info.checkpoint is not None:
         match["checkpoint"] = info.checkpoint.decode()
     if index < info.checkpoint_size:
@@ -275,11 +277,15 @@ async def _match_json(service: NodeService, ans: LookupAnswer) -> dict[str, Any]
     return match
 
 async def _lookup(request: web.Request, sets: list[SetInfo]) -> web.Response:
-    service = _state(request).service
+    state = _state(request)
+    service = state.service
     hash_type = _query_str(request, "hash_type")
     hash_value = _query_str(request, "hash_value")
     answers = await service.lookup(hash_type, hash_value, sets)
-    return json_response({"matches": [await _match_json(service, a) for a in answers]})
+    # Attestation summaries count only what the caller could read for itself.
+    caller = state.auth.caller(request)
+    readable = {s.id for s in await service.store.list_sets(kind=None) if caller.can_read(s)}
+    return json_response({"matches": [await _match_json(service, a, readable) for a in answers]})
 
 async def lookup_in_set(request: web.Request) -> web.Response:
     return await _lookup(request, [await _readable_set(request)])
