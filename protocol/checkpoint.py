@@ -26,18 +26,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.errors import FormatError, SignatureError
 from protocol.note import (
-    ED25519_PUBLIC_KEY_SIZE,
     ED25519_SEED_SIZE,
     ED25519_SIGNATURE_SIZE,
     MAX_SIGNATURES,
     NoteSignature,
+    PublicKey,
     Signer,
     Verifier,
     ed25519_verify,
     format_key_string,
     is_valid_name,
     key_id,
-    load_ed25519_public,
     load_ed25519_seed,
     open_note,
     parse_key_string,
@@ -184,63 +183,15 @@ def cosignature_timestamp(sig: NoteSignature) -> int:
     return timestamp
 
 
-class CosignatureVerifier:
+class CosignatureVerifier(PublicKey):
     """A witness's cosignature/v1 public key (type 0x04). Build with :meth:`from_vkey`.
 
-    Also a :class:`protocol.note.NoteVerifier`, so it can be passed to ``open_note``.
+    Also a :class:`protocol.note.NoteVerifier`, so it can be passed to ``open_note``. Plain Ed25519
+    (0x01) vkeys are refused by :meth:`from_vkey`: a log key is not a witness key.
     """
 
-    __slots__ = ("_key", "_key_id", "_name", "_public_key")
-
-    def __init__(self, token: object, name: str, public_key: bytes) -> None:
-        if token is not _CONSTRUCT:
-            raise TypeError("use CosignatureVerifier.from_vkey()")
-        if not is_valid_name(name):
-            raise FormatError(f"invalid key name {name!r}", field="name")
-        self._name = name
-        self._key = load_ed25519_public(public_key, field="public_key")
-        self._public_key = public_key
-        self._key_id = key_id(name, bytes([ALG_COSIGNATURE_V1]) + public_key)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> CosignatureVerifier:
-        """Parse ``name+hexkeyid+base64(0x04 || pubkey)``; the key ID must match.
-
-        Plain Ed25519 (0x01) vkeys are refused: a log key is not a witness key, and accepting one
-        would silently give it a key ID different from the one written in the string.
-        """
-        name, kid, public_key = parse_key_string(
-            vkey,
-            alg=ALG_COSIGNATURE_V1,
-            key_size=ED25519_PUBLIC_KEY_SIZE,
-            private=False,
-            field="vkey",
-        )
-        verifier = cls(_CONSTRUCT, name, public_key)
-        if verifier.key_id != kid:
-            raise FormatError("key ID does not match the key", field="vkey")
-        return verifier
-
-    @classmethod
-    def from_public_key(cls, name: str, public_key: bytes) -> CosignatureVerifier:
-        return cls(_CONSTRUCT, name, public_key)
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
-
-    @property
-    def public_key(self) -> bytes:
-        return self._public_key
-
-    def vkey(self) -> str:
-        return format_key_string(
-            self._name, self._key_id, ALG_COSIGNATURE_V1, self._public_key, private=False
-        )
+    ALG = ALG_COSIGNATURE_V1
+    __slots__ = ()
 
     def verify(self, msg: bytes, sig: bytes) -> None:
         """Note-level check (``sig`` = timestamp || signature over the cosigned message)."""
@@ -268,17 +219,6 @@ class CosignatureVerifier:
             )
         self.verify(checkpoint_text, sig.signature)
         return int.from_bytes(sig.signature[:_TIMESTAMP_SIZE], "big")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, CosignatureVerifier):
-            return NotImplemented
-        return (self._name, self._public_key) == (other._name, other._public_key)
-
-    def __hash__(self) -> int:
-        return hash((CosignatureVerifier, self._name, self._public_key))
-
-    def __repr__(self) -> str:
-        return f"CosignatureVerifier({self.vkey()!r})"
 
 
 class CosignatureSigner:
@@ -325,7 +265,7 @@ class CosignatureSigner:
         )
 
     def verifier(self) -> CosignatureVerifier:
-        return CosignatureVerifier(_CONSTRUCT, self._name, self._public_key)
+        return CosignatureVerifier.from_public_key(self._name, self._public_key)
 
     def cosign(self, checkpoint_text: bytes, timestamp: int) -> NoteSignature:
         """Cosign a checkpoint text at ``timestamp`` (POSIX seconds, chosen by the caller).

@@ -28,7 +28,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import ClassVar, Final, Protocol, Self, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -234,24 +234,35 @@ class NoteVerifier(Protocol):
         ...
 
 
-class Verifier:
-    """An Ed25519 note verifier (signature type 0x01). Build with :meth:`from_vkey`."""
+class PublicKey:
+    """An Ed25519 public key under a signed-note key name: the part that note verifiers (type 0x01,
+    :class:`Verifier`) and witness cosignature verifiers (type 0x04,
+    :class:`protocol.checkpoint.CosignatureVerifier`) share. Build with :meth:`from_vkey` or
+    :meth:`from_public_key`; subclasses set :attr:`ALG` and add ``verify``.
+    """
+
+    #: the signature type byte that goes into the key ID and the vkey
+    ALG: ClassVar[int] = ALG_ED25519
 
     __slots__ = ("_key", "_key_id", "_name", "_public_key")
 
     def __init__(self, token: object, name: str, public_key: bytes) -> None:
         if token is not _CONSTRUCT:
-            raise TypeError("use Verifier.from_vkey() or Verifier.from_public_key()")
+            raise TypeError(f"use {type(self).__name__}.from_vkey() or .from_public_key()")
         self._name = _check_name(name)
         self._key = load_ed25519_public(public_key, field="public_key")
         self._public_key = public_key
-        self._key_id = key_id(name, bytes([ALG_ED25519]) + public_key)
+        self._key_id = key_id(name, bytes([self.ALG]) + public_key)
 
     @classmethod
-    def from_vkey(cls, vkey: str) -> Verifier:
-        """Parse ``name+hexkeyid+base64(0x01 || pubkey)``; the key ID must match the key."""
+    def from_vkey(cls, vkey: str) -> Self:
+        """Parse ``name+hexkeyid+base64(ALG || pubkey)``; the key ID must match the key.
+
+        A vkey of another signature type is refused: accepting it would silently give the key a
+        key ID different from the one written in the string.
+        """
         name, kid, public_key = parse_key_string(
-            vkey, alg=ALG_ED25519, key_size=ED25519_PUBLIC_KEY_SIZE, private=False, field="vkey"
+            vkey, alg=cls.ALG, key_size=ED25519_PUBLIC_KEY_SIZE, private=False, field="vkey"
         )
         verifier = cls(_CONSTRUCT, name, public_key)
         if verifier.key_id != kid:
@@ -259,8 +270,8 @@ class Verifier:
         return verifier
 
     @classmethod
-    def from_public_key(cls, name: str, public_key: bytes) -> Verifier:
-        """A verifier for a raw 32-byte Ed25519 public key (Go's NewEd25519VerifierKey)."""
+    def from_public_key(cls, name: str, public_key: bytes) -> Self:
+        """A key for a raw 32-byte Ed25519 public key (Go's NewEd25519VerifierKey)."""
         return cls(_CONSTRUCT, name, public_key)
 
     @property
@@ -277,23 +288,30 @@ class Verifier:
 
     def vkey(self) -> str:
         return format_key_string(
-            self._name, self._key_id, ALG_ED25519, self._public_key, private=False
+            self._name, self._key_id, self.ALG, self._public_key, private=False
         )
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        assert isinstance(other, PublicKey)
+        return (self._name, self._public_key) == (other._name, other._public_key)
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._name, self._public_key))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.vkey()!r})"
+
+
+class Verifier(PublicKey):
+    """An Ed25519 note verifier (signature type 0x01). Build with :meth:`from_vkey`."""
+
+    __slots__ = ()
 
     def verify(self, msg: bytes, sig: bytes) -> None:
         """Raise SignatureError unless ``sig`` is this key's Ed25519 signature of ``msg``."""
         ed25519_verify(self._key, msg, sig, what=f"key {self._name}+{self._key_id.hex()}")
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Verifier):
-            return NotImplemented
-        return (self._name, self._public_key) == (other._name, other._public_key)
-
-    def __hash__(self) -> int:
-        return hash((Verifier, self._name, self._public_key))
-
-    def __repr__(self) -> str:
-        return f"Verifier({self.vkey()!r})"
 
 
 class Signer:
