@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from node.config import load_config
-from node.errors import NodeError
+from node.errors import BadRequest, NodeError
 from node.federation.push import run_subscriptions
 from node.federation.sync import list_subscriptions, subscribe, sync_once
 from node.service import NodeService
@@ -35,10 +37,31 @@ async def _service(data: Path) -> AsyncIterator[NodeService]:
         await service.close()
 
 
+def _policy(args: argparse.Namespace) -> str | None:
+    from node.federation.reshare import ResharePolicy
+
+    given = (args.reshare_labels, args.reshare_min_reviews, args.reshare_confirmed_only,
+             args.reshare_min_attestations)
+    if any(given) and args.reshare_into is None:
+        raise BadRequest("the --reshare-* policy options need --reshare-into")
+    try:
+        policy = ResharePolicy(
+            labels=tuple(x.strip() for x in (args.reshare_labels or "").split(",") if x.strip()),
+            min_reviews=args.reshare_min_reviews or 0,
+            confirmed_only=bool(args.reshare_confirmed_only),
+            min_attestations=args.reshare_min_attestations or 0,
+        )
+    except ValidationError as e:
+        raise BadRequest(f"invalid re-share policy: {e.errors()[0]['msg']}") from e
+    return policy.to_json()
+
+
 async def cmd_subscribe(args: argparse.Namespace) -> int:
+    policy = _policy(args)
     async with _service(args.data) as service:
         info = await subscribe(
-            service, args.url, args.set, vkey=args.vkey, reshare_into=args.reshare_into
+            service, args.url, args.set, vkey=args.vkey, reshare_into=args.reshare_into,
+            reshare_policy=policy,
         )
     print(f"subscribed to {info.origin} as {info.name} (TLP:{info.tlp.upper()})")
     print(f"next: hashfed sync --once --data {args.data}")
@@ -140,6 +163,19 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--reshare-into", metavar="SET", default=None,
         help="republish new upstream entries into this local set",
+    )
+    p.add_argument(
+        "--reshare-labels", metavar="L,L", default=None,
+        help="re-share only entries with one of these labels ('ns:value' or 'ns:*')",
+    )
+    p.add_argument("--reshare-min-reviews", metavar="N", type=int, default=None,
+                   help="re-share only entries with at least N independent reviews")
+    p.add_argument("--reshare-confirmed-only", action="store_true",
+                   help="re-share only entries whose vetting status is confirmed")
+    p.add_argument(
+        "--reshare-min-attestations", metavar="K", type=int, default=None,
+        help="re-share only once K organisations other than the author attested the entry "
+        "(agree or also_vetted); entries wait until then",
     )
     p = command("sync", cmd_sync, "bring every subscription up to its partner's checkpoint")
     p.add_argument(

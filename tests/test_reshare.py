@@ -148,3 +148,43 @@ async def test_cli_attest_and_export_view(tmp_path: Path, capsys: pytest.Capture
     assert out.read_text().splitlines() == [
         "hash_type,hash_value,quality,labels,set,origin,org,index"
     ]
+
+
+async def test_reshare_policy_labels_vetting_and_attestations(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from node.federation.reshare import ResharePolicy
+    from node.storage.schema import sets
+
+    async with federation(tmp_path) as (_coord, a, b, c):
+        await setup_chain(a, b, c)
+        policy = ResharePolicy(labels=("ic:*",), min_reviews=2, min_attestations=1)
+        async with b.service.store._write_tx() as conn:
+            await conn.execute(
+                update(sets).where(sets.c.name == "org-a.test:green")
+                .values(reshare_policy=policy.to_json())
+            )
+        wanted = {**sha256_item(), "reviews": 2}
+        other_label = {**sha256_item(), "labels": ["tvec:x"], "reviews": 3}
+        too_few_reviews = {**sha256_item(), "reviews": 1}
+        async with a.client() as op:
+            published = await op.publish("green", [wanted, other_label, too_few_reviews])
+        await checkpointed(a, "green")
+        await sync_once(b.service, "org-a.test:green")
+        # nothing yet: two entries fail the policy for good, one waits for an attestation
+        assert (await b.service.store.get_set("green")).size == 0
+        mirror = await b.service.store.get_set("org-a.test:green", kind="mirror")
+        assert await b.service.store.list_pending(mirror.id) == [0]
+
+        async with b.client() as op:
+            await op.create_set("notes", "green")
+        await b.service.attest("notes", target_origin="node-a.test/green",
+                               target=published[0].record_id, hash_type="sha256",
+                               hash_value=wanted["hash_value"], opinion="also_vetted")
+        result = await reshare_synced(b.service, mirror, mirror.size)
+        assert result.reshared == 1
+        assert await b.service.store.list_pending(mirror.id) == []
+        (copy,) = [m for m in await lookup(b, wanted["hash_value"]) if m["set"] == "green"]
+        assert copy["state"] == "active"
+        for item in (other_label, too_few_reviews):
+            assert [m for m in await lookup(b, item["hash_value"]) if m["set"] == "green"] == []

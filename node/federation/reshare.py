@@ -30,6 +30,13 @@ to its end (a crash after the mirror adopted its checkpoint): it resumes after t
 leaf that has a receipt (from 0 if there is none). Revocations found again are skipped when our copy
 is already revoked.
 
+Policy. A subscription may carry a :class:`ResharePolicy`: only entries with one of the given
+labels, at least N reviews, confirmed vetting, and/or attested (agree / also_vetted) by at least k
+organisations other than the author. Entries failing the attestation threshold are kept in
+``reshare_pending`` and reconsidered on every pass, since attestations usually arrive after the
+entry; entries failing the other rules are skipped for good (they cannot change: records are
+immutable).
+
 TLP: re-sharing is allowed from ``clear``, ``green`` and ``amber`` mirrors (design.md "Scope"), and
 only into a local set at least as restrictive as the mirror (an amber entry never lands in a green
 set). :func:`check_reshare_target` is checked when subscribing and again on every pass.
@@ -41,6 +48,8 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from node.errors import BadRequest, Conflict
 from node.federation.fetch import PeerClient, PeerError
@@ -64,6 +73,7 @@ log = logging.getLogger("hashfed.reshare")
 
 __all__ = [
     "NEVER_RESHARED",
+    "ResharePolicy",
     "ReshareResult",
     "check_reshare_target",
     "reshare_counters",
@@ -77,6 +87,43 @@ _PAGE: Final = 256
 
 #: process-wide counts: "reshared", "revoked", "skipped:<why>"
 reshare_counters: Counter[str] = Counter()
+
+
+class ResharePolicy(BaseModel):
+    """Which upstream entries a subscription re-shares (empty policy: every active entry)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    #: re-share only entries carrying one of these labels ("ns:value", or "ns:*" for a namespace)
+    labels: tuple[str, ...] = ()
+    min_reviews: int = Field(default=0, ge=0, le=1000)
+    confirmed_only: bool = False
+    #: distinct organisations other than the author that attested agree or also_vetted
+    min_attestations: int = Field(default=0, ge=0, le=100)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> ResharePolicy:
+        return cls() if not text else cls.model_validate_json(text)
+
+    def to_json(self) -> str | None:
+        return None if self == ResharePolicy() else self.model_dump_json()
+
+    def static_refusal(self, entry: Entry) -> str | None:
+        """Why the entry itself can never qualify (labels, vetting), or None."""
+        if self.labels and not any(_label_matches(p, label)
+                                   for p in self.labels for label in entry.labels):
+            return "labels"
+        if self.confirmed_only and entry.vetting.status != "confirmed":
+            return "unconfirmed"
+        if entry.vetting.reviews < self.min_reviews:
+            return "reviews"
+        return None
+
+
+def _label_matches(pattern: str, label: str) -> bool:
+    if pattern.endswith(":*"):
+        return label.startswith(pattern[:-1])
+    return pattern == label
 
 
 @dataclass(frozen=True)
@@ -121,6 +168,14 @@ async def reshare_synced(
     end = mirror.checkpoint_size
     pass_ = _Pass(service, mirror, target, peer)
     try:
+        # Entries held back for attestations first: they may qualify now.
+        for index in await service.store.list_pending(mirror.id):
+            if index >= start:
+                break  # the page loop below sees it
+            for stored in await service.store.read_records(mirror.id, index, 1):
+                record = decode_record(stored.data)
+                if isinstance(record, Entry):
+                    await pass_.entry(record, index, revoked=stored.revoked_by is not None)
         for page in range(start, end, _PAGE):
             for stored in await service.store.read_records(
                 mirror.id, page, min(_PAGE, end - page)
@@ -152,6 +207,7 @@ class _Pass:
         self, service: NodeService, mirror: SetInfo, target: SetInfo, peer: PeerClient | None
     ) -> None:
         self.service = service
+        self.policy = ResharePolicy.from_json(mirror.reshare_policy)
         self.mirror = mirror
         self.target = target
         self._peer = peer
@@ -209,9 +265,21 @@ class _Pass:
     async def entry(self, upstream: Entry, index: int, *, revoked: bool) -> None:
         store = self.service.store
         if revoked:
+            await store.drop_pending(self.mirror.id, index)
             return  # its origin withdrew it: nothing to pass on
         if await store.find_reshares(self.mirror.origin, upstream.id):
             return  # re-shared by an earlier pass
+        refusal = self.policy.static_refusal(upstream)
+        if refusal is not None:
+            self._skip(f"policy:{refusal}", f"entry {upstream.id}: policy ({refusal})")
+            return
+        if self.policy.min_attestations and (
+            await self._attesters(upstream) < self.policy.min_attestations
+        ):
+            await store.add_pending(self.mirror.id, index)  # reconsidered on every pass
+            self._skip("policy:attestations", f"entry {upstream.id}: not enough attestations")
+            return
+        await store.drop_pending(self.mirror.id, index)
         proof = await self.service.inclusion_proof(
             self.mirror, index, self.mirror.checkpoint_size
         )
@@ -266,6 +334,17 @@ class _Pass:
         )
         self.reshared += 1
         reshare_counters["reshared"] += 1
+
+    async def _attesters(self, upstream: Entry) -> int:
+        """Organisations other than the author that said agree or also_vetted about it."""
+        prov = upstream.provenance
+        targets = {(self.mirror.origin, upstream.id), (prov.node, prov.record)}
+        targets.update((hop.origin, hop.record) for hop in prov.chain)
+        rows = await self.service.store.attestations_for(sorted(targets))
+        return len({
+            attester for _s, _i, attester, opinion, _c in rows
+            if opinion in ("agree", "also_vetted") and attester != upstream.author
+        })
 
     async def _is_our_copy(self, index: int, upstream: Entry) -> bool:
         """Whether the entry at ``index`` of the target set re-shares ``upstream`` from this

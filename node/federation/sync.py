@@ -231,6 +231,7 @@ async def subscribe(
     *,
     vkey: str | None = None,
     reshare_into: str | None = None,
+    reshare_policy: str | None = None,
     peer: PeerClient | None = None,
 ) -> SetInfo:
     """Create the mirror ``<org>:<set>`` of a partner's set (empty; :func:`sync_once` fills it).
@@ -288,6 +289,7 @@ async def subscribe(
         remote_org=org,
         remote_set=set_name,
         tlp=tlp,
+        reshare_policy=reshare_policy,
         reshare_into=reshare_into,
     )
 

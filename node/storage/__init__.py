@@ -61,6 +61,8 @@ class SetInfo:
     remote_org: str | None = None
     remote_set: str | None = None
     reshare_into: str | None = None
+    #: JSON of node.federation.reshare.ResharePolicy, or None (re-share every active entry)
+    reshare_policy: str | None = None
 
 
 @dataclass(frozen=True)

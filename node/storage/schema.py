@@ -39,6 +39,8 @@ sets = Table(
     Column("remote_org", String(64), nullable=True),
     Column("remote_set", String(64), nullable=True),
     Column("reshare_into", String(64), nullable=True),
+    # mirrors only: JSON of node.federation.reshare.ResharePolicy (migration 0004)
+    Column("reshare_policy", Text, nullable=True),
     Column("sync_error", Text, nullable=True),
     Column("synced_at", String(20), nullable=True),
     Column("description", Text, nullable=False, default=""),
@@ -217,4 +219,14 @@ witness_quorums = Table(
     Column("quorum", Integer, nullable=False),
     Column("vkeys", Text, nullable=False),
     Column("created", String(20), nullable=False),
+)
+
+
+# Mirror entries held back from re-sharing until enough organisations attest them (migration 0004).
+reshare_pending = Table(
+    "reshare_pending",
+    metadata,
+    Column("set_id", Integer, ForeignKey("sets.id"), nullable=False),
+    Column("idx", BigInteger, nullable=False),
+    PrimaryKeyConstraint("set_id", "idx"),
 )

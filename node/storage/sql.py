@@ -34,6 +34,7 @@ from node.storage.schema import (
     checkpoints,
     evidence,
     records,
+    reshare_pending,
     reshares,
     sets,
     tiles,
@@ -326,6 +327,7 @@ class SqlStore:
         remote_set: str,
         tlp: str,
         reshare_into: str | None = None,
+        reshare_policy: str | None = None,
     ) -> SetInfo:
         try:
             async with self._write_tx() as conn:
@@ -335,6 +337,7 @@ class SqlStore:
                         created=timestamp(), size=0, root=merkle.EMPTY_ROOT, checkpoint=None,
                         checkpoint_size=0, remote_url=remote_url, remote_org=remote_org,
                         remote_set=remote_set, reshare_into=reshare_into,
+                        reshare_policy=reshare_policy,
                     )
                 )
         except IntegrityError as e:
@@ -417,6 +420,36 @@ class SqlStore:
                 values.update(checkpoint=note, checkpoint_size=cp_size)
             await conn.execute(update(sets).where(sets.c.id == set_id).values(**values))
         return await self.get_set(name, kind="mirror")
+
+    async def add_pending(self, set_id: int, index: int) -> None:
+        """Hold a mirror entry back until it meets its re-share policy (idempotent)."""
+        async with self._write_tx() as conn:
+            exists = (
+                await conn.execute(
+                    select(reshare_pending.c.idx).where(
+                        reshare_pending.c.set_id == set_id, reshare_pending.c.idx == index
+                    )
+                )
+            ).first()
+            if exists is None:
+                await conn.execute(reshare_pending.insert().values(set_id=set_id, idx=index))
+
+    async def drop_pending(self, set_id: int, index: int) -> None:
+        async with self._write_tx() as conn:
+            await conn.execute(
+                reshare_pending.delete().where(
+                    reshare_pending.c.set_id == set_id, reshare_pending.c.idx == index
+                )
+            )
+
+    async def list_pending(self, set_id: int) -> list[int]:
+        async with self._read.connect() as conn:
+            rows = await conn.execute(
+                select(reshare_pending.c.idx)
+                .where(reshare_pending.c.set_id == set_id)
+                .order_by(reshare_pending.c.idx)
+            )
+            return [int(i) for (i,) in rows]
 
     async def set_sync_error(self, name: str, message: str | None) -> None:
         async with self._write_tx() as conn:
@@ -742,6 +775,7 @@ def _set_info(row: Row[Any]) -> SetInfo:
         remote_org=row.remote_org,
         remote_set=row.remote_set,
         reshare_into=row.reshare_into,
+        reshare_policy=row.reshare_policy,
     )
 
 
