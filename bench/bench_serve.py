@@ -144,6 +144,9 @@ def main() -> None:
         size = 256 * 560
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # a cached node may predate a migration
+    subprocess.run([sys.executable, "-m", "node.cli", "db", "upgrade", "--data", str(data)],
+                   cwd=REPO, env=env, check=True, capture_output=True)
     port, fport = free_port(), free_port()
     node = subprocess.Popen([sys.executable, "-m", "node.cli", "serve", "--data", str(data),
                              "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=env,
