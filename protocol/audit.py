@@ -93,6 +93,13 @@ class ExportAuditSummary(AuditSummary):
     receipts: int = 0
     #: records whose author was checked against the membership log in members/
     members_checked: int = 0
+    #: upstream logs (origins) whose exports (--upstream) were audited for revocation propagation
+    upstream_logs: tuple[str, ...] = ()
+    #: re-shared entries whose upstream revoked them and that are revoked here too
+    upstream_revocations: int = 0
+    #: upstream revocations of re-shared entries, not (yet) here, at or beyond the largest
+    #: upstream checkpoint in the receipts: this log may not have seen them, so they do not fail
+    upstream_revocations_newer: int = 0
 
     @property
     def key_pinned(self) -> bool:
@@ -111,6 +118,9 @@ class ExportAuditSummary(AuditSummary):
             checks=list(self.checks),
             receipts=self.receipts,
             members_checked=self.members_checked,
+            upstream_logs=list(self.upstream_logs),
+            upstream_revocations=self.upstream_revocations,
+            upstream_revocations_newer=self.upstream_revocations_newer,
         )
         return out
 
@@ -122,6 +132,13 @@ def _with_context(e: ProtocolError, text: str) -> ProtocolError:
     return type(e)(f"{e.message} {text}", field=e.field)
 
 
+def _in_subdirectory(e: ProtocolError, name: str, text: str) -> ProtocolError:
+    """``e`` about the log in DIR/``name``: context appended, its field prefixed with ``name/``."""
+    out = _with_context(e, text)
+    out.field = f"{name}/{e.field}" if e.field else None
+    return out
+
+
 def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
@@ -131,9 +148,25 @@ def _read(path: Path, what: str) -> bytes:
         raise FormatError(f"cannot read {what} {path}: {e.strerror}", field=str(path)) from e
 
 
-def _load_verifier(root: Path, trusted_vkey: str | None) -> tuple[Verifier, str]:
+def _origin_of(note: bytes) -> str:
+    """The origin line of a checkpoint note (unverified: only to pick the key to verify it)."""
+    return note.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def _log_key(key: Verifier, origin: str) -> Verifier:
+    """``key``, or, if it is a node's key and ``origin`` one of that node's sets, the set's key.
+
+    A node signs each set's log with its one key under the set's origin (design.md "Identity"), so
+    the node vkey an operator publishes pins all of its sets.
+    """
+    if origin != key.name and origin.startswith(key.name + "/"):
+        return Verifier.from_public_key(origin, key.public_key)
+    return key
+
+
+def _load_verifier(root: Path, trusted_vkey: str | None, origin: str) -> tuple[Verifier, str]:
     if trusted_vkey is not None:
-        return Verifier.from_vkey(trusted_vkey.strip()), "pinned"
+        return _log_key(Verifier.from_vkey(trusted_vkey.strip()), origin), "pinned"
     vkey_path = root / "vkey"
     raw = _read(vkey_path, "verifier key file")
     try:
@@ -362,10 +395,29 @@ def _check_older(
         on_checked(path.name)
 
 
-class _Receipts:
-    """receipts/<index>.json: each re-shared entry's chain, verified with the upstream keys."""
+@dataclass(frozen=True)
+class _Reshare:
+    """One verified receipt: which downstream entry re-shares which upstream leaf, seen where."""
 
-    def __init__(self, root: Path, upstream_vkeys: Sequence[str]) -> None:
+    index: int  # the downstream leaf
+    entry_id: str  # the downstream entry's id
+    origin: str  # the log it was re-shared from (the receipt's, not its upstream's)
+    upstream_index: int
+    upstream_id: str
+    leaf: bytes
+    checkpoint: bytes  # that log's checkpoint note the re-sharer had adopted
+    checkpoint_size: int
+
+
+class _Receipts:
+    """receipts/<index>.json: each re-shared entry's chain, verified with the upstream keys.
+
+    The check is on when receipts/ exists or upstream keys were given; then every entry whose
+    provenance chain is not empty (a re-share) must have a receipt, so that deleting a receipt
+    file cannot hide an unprovable re-share.
+    """
+
+    def __init__(self, root: Path, upstream_vkeys: Sequence[str], *, revocations: bool) -> None:
         self.dir = root / "receipts"
         self.wanted: dict[int, Path] = {}
         if self.dir.is_dir():
@@ -375,13 +427,32 @@ class _Receipts:
                     raise FormatError(f"unexpected file {p} in receipts/", field=str(p))
                 self.wanted[int(stem)] = p
         self.keys = [Verifier.from_vkey(v.strip()) for v in upstream_vkeys]
+        self.active = self.dir.is_dir() or bool(self.keys)
+        #: also collect the ids this log revokes (for the upstream revocation check)
+        self.collect_revocations = revocations
         self.leaves: dict[int, bytes] = {}
         self.verified = 0
+        self.reshares: list[_Reshare] = []
+        self.revoked_ids: set[str] = set()
 
     def take(self, base: int, entries: Sequence[bytes]) -> None:
-        for i in range(len(entries)):
-            if base + i in self.wanted:
-                self.leaves[base + i] = entries[i]
+        for i, data in enumerate(entries):
+            index = base + i
+            if index in self.wanted:
+                self.leaves[index] = data
+            # Cheap byte tests first: the records are already validated, only few need parsing.
+            if b'"chain"' in data or (self.collect_revocations and b'"revocation"' in data):
+                value = json.loads(data)
+                if value["type"] == "entry" and value["provenance"].get("chain"):
+                    if index not in self.wanted:
+                        raise VerificationError(
+                            f"leaf {index} is a re-shared entry (its provenance chain has "
+                            f"{len(value['provenance']['chain'])} hops) but there is no receipt "
+                            f"receipts/{index}.json for it",
+                            field=f"index {index}",
+                        )
+                elif value["type"] == "revocation":
+                    self.revoked_ids.add(value["target"])
 
     def key_for_origin(self, origin: str) -> Verifier:
         for key in self.keys:
@@ -404,9 +475,114 @@ class _Receipts:
             try:
                 receipt = Receipt.from_json(_read(path, "receipt"))
                 verify_receipt_chain(record, receipt, self.key_for_origin)
+                # Verified above with this very key, so this cannot fail; it gives the size.
+                cp = verify_checkpoint_note(receipt.checkpoint,
+                                            self.key_for_origin(receipt.origin))
             except ProtocolError as e:
-                raise _with_context(e, f"({where})") from e
+                # The field names the record (what a report shows); the hop stays in the text.
+                hop = f" [{e.field}]" if e.field else ""
+                out = _with_context(e, "")
+                out.message, out.field = f"{where}{hop}: {e.message}", f"index {index}"
+                out.args = (out.message,)
+                raise out from e
             self.verified += 1
+            upstream_id = record.provenance.chain[-1].record
+            self.reshares.append(_Reshare(
+                index, record.id, receipt.origin, receipt.index, upstream_id, receipt.leaf,
+                receipt.checkpoint, cp.size,
+            ))
+
+
+@dataclass(frozen=True)
+class _UpstreamResult:
+    origin: str
+    propagated: int
+    newer: int
+
+
+def _check_upstream(
+    root: Path,
+    receipts: _Receipts,
+    *,
+    upstream_vkeys: Sequence[str],
+    members_vkey: str | None,
+    workers: int | None,
+) -> _UpstreamResult:
+    """Every revocation in the upstream export ``root`` of an entry this log re-shared from it
+    must appear here, unless it is newer than what this log had adopted of the upstream (then it
+    is counted as newer; one that did appear counts as propagated wherever it lies).
+
+    The upstream export is audited in full with its pinned key (from ``upstream_vkeys``). "Adopted"
+    is the largest upstream checkpoint in the receipts from that log: the export must reach it and
+    be consistent with it (else the comparison would be with another history), and only
+    revocations at upstream leaves below its size count; a later one could not have been seen.
+    """
+    note = _read(root / "checkpoint", "checkpoint")
+    origin = _origin_of(note)
+    key = receipts.key_for_origin(origin)
+    summary = audit_directory(root, trusted_vkey=key.vkey(), upstream_vkeys=upstream_vkeys,
+                              members_vkey=members_vkey, workers=workers)
+    cp = verify_checkpoint_note(note, key)
+    mine = [r for r in receipts.reshares if r.origin == origin]
+    if not mine:
+        return _UpstreamResult(origin, 0, 0)
+    adopted = max(mine, key=lambda r: r.checkpoint_size)
+    bound = adopted.checkpoint_size
+    if summary.size < bound:
+        raise VerificationError(
+            f"the upstream export is older (size {summary.size}) than the checkpoint of size "
+            f"{bound} that this log's receipt for leaf {adopted.index} adopted: export "
+            f"{origin} again"
+        )
+    old = verify_checkpoint_note(adopted.checkpoint, key)
+    export = _Export(root)
+    try:
+        proof = (tiles.consistency_proof(bound, cp.size, export.tiles_for(
+            tiles.consistency_proof_tiles(bound, cp.size))) if bound < cp.size else [])
+        verify_consistency_of(old, cp, proof)
+    except (InconsistentTreeError, ProofError) as e:
+        raise InconsistentTreeError(
+            f"fork in {origin}: the checkpoint of size {bound} in the receipt for leaf "
+            f"{adopted.index} is not a prefix of the upstream export's tree of size {cp.size}: "
+            f"{e.message}",
+            evidence=(adopted.checkpoint, note),
+        ) from e
+    by_upstream_index = {r.upstream_index: r for r in mine}
+    wanted_ids = {r.upstream_id for r in mine}
+    revoked: dict[str, tuple[int, str]] = {}
+    for ref, entries in _bundles(export, cp.size, _TileChecker(export)):
+        for i, data in enumerate(entries):
+            index = ref.n * TILE_WIDTH + i
+            r = by_upstream_index.get(index)
+            if r is not None and r.leaf != data:
+                raise VerificationError(
+                    f"leaf {r.index}: its receipt proves leaf {index} of {origin}, which holds "
+                    f"other bytes in the upstream export",
+                    field=f"index {r.index}",
+                )
+            if b'"revocation"' not in data:
+                continue
+            value = json.loads(data)
+            if value["type"] == "revocation" and value["target"] in wanted_ids:
+                revoked.setdefault(value["target"], (index, value["reason"]))
+    propagated = newer = 0
+    for r in sorted(mine, key=lambda r: r.index):
+        if r.upstream_id not in revoked:
+            continue
+        at, reason = revoked[r.upstream_id]
+        if r.entry_id in receipts.revoked_ids:
+            propagated += 1
+        elif at >= bound:
+            # Beyond what the receipts show this log had adopted: it may not have seen it yet.
+            newer += 1
+        else:
+            raise VerificationError(
+                f"leaf {r.index} re-shares {r.upstream_id} from {origin}, which revoked it "
+                f"(upstream revocation at leaf {at} of {origin}, reason {reason}, below the "
+                f"adopted checkpoint size {bound}), but this log never revokes {r.entry_id}",
+                field=f"index {r.index}",
+            )
+    return _UpstreamResult(origin, propagated, newer)
 
 
 class _Members:
@@ -488,6 +664,7 @@ def audit_directory(
     trusted_vkey: str | None = None,
     upstream_vkeys: Sequence[str] = (),
     members_vkey: str | None = None,
+    upstream_dirs: Sequence[Path] = (),
     workers: int | None = None,
 ) -> ExportAuditSummary:
     """Audit the tlog-tiles export in ``path``; return the summary or raise a ProtocolError.
@@ -501,25 +678,39 @@ def audit_directory(
     the leaves do not lead to the checkpoint's root, or a stored hash tile differs from the one
     recomputed from them. InconsistentTreeError: an older checkpoint is a fork or a rollback
     (``evidence`` holds both notes). VerificationError: a revocation breaks the log's rules.
+
+    Beyond the tree, when their evidence is there (``checks`` in the summary lists what ran):
+
+    * receipts/ (or ``upstream_vkeys`` given): every re-shared entry has a receipt whose chain
+      verifies back to the original with ``upstream_vkeys`` (node or set vkeys);
+    * members/: the coordinator's log, audited with ``members_vkey``; every record's author was
+      an authorised member at the record's ``created`` time;
+    * ``upstream_dirs``: exports of the logs this one re-shares from, each audited with its key
+      from ``upstream_vkeys``; every revocation there of an entry this log re-shared, at a leaf
+      below the largest checkpoint size of that log in the receipts, is revoked here too.
+
+    Failures about a record of this log have ``field`` "index N"; failures inside members/ have
+    their field prefixed "members/", inside an upstream export "upstream/".
     """
     root = Path(path)
     if not root.is_dir():
         raise FormatError(f"{root} is not a directory", field=str(root))
-    log, key_source = _load_verifier(root, trusted_vkey)
     note = _read(root / "checkpoint", "checkpoint")
+    log, key_source = _load_verifier(root, trusted_vkey, _origin_of(note))
     try:
         cp = verify_checkpoint_note(note, log)
     except (FormatError, VerificationError) as e:
         raise _with_context(e, f"({root / 'checkpoint'})") from e
 
     checks = ["signature", "records", "revocations", "root", "hash tiles"]
-    receipts = _Receipts(root, upstream_vkeys)
+    receipts = _Receipts(root, upstream_vkeys, revocations=bool(upstream_dirs))
     members: _Members | None = None
     if (root / "members" / "checkpoint").is_file():
         try:
             members = _Members(root / "members", members_vkey)
         except ProtocolError as e:
-            raise _with_context(e, "(membership log in members/)") from e
+            # Prefixed field: "index k" alone would read as a record of this log, not members/.
+            raise _in_subdirectory(e, "members", "(membership log in members/)") from e
     export = _Export(root)
     auditor = LogAuditor(cp.origin)
     checker = _TileChecker(export)
@@ -529,7 +720,7 @@ def audit_directory(
         bundles += 1
         try:
             pending.extend(auditor.add_decoded(decoded))
-            if receipts.wanted:
+            if receipts.active:
                 receipts.take(ref.n * TILE_WIDTH, entries)
             if members is not None:
                 members.check(ref.n * TILE_WIDTH, entries)
@@ -566,11 +757,30 @@ def audit_directory(
     _check_older(export, log, cp, note, older.append)
     if (root / "checkpoints").is_dir():
         checks.append("older checkpoints")
-    if receipts.wanted:
+    if receipts.active:
         receipts.finish(cp.size)
         checks.append("re-share receipts")
     if members is not None:
         checks.append("membership")
+    upstream: list[_UpstreamResult] = []
+    for up in upstream_dirs:
+        if not receipts.active:
+            raise FormatError(
+                "checking upstream revocations needs the receipts (receipts/ or --upstream-vkey)",
+                field="upstream",
+            )
+        try:
+            upstream.append(_check_upstream(
+                Path(up), receipts, upstream_vkeys=upstream_vkeys, members_vkey=members_vkey,
+                workers=workers,
+            ))
+        except ProtocolError as e:
+            if e.field is not None and e.field.startswith("index "):
+                # A record of this log (the downstream) is at fault: keep its index as the field.
+                raise _with_context(e, f"(upstream export {up})") from e
+            raise _in_subdirectory(e, "upstream", f"(upstream export {up})") from e
+    if upstream_dirs:
+        checks.append("upstream revocations")
 
     base = {f.name: getattr(summary, f.name) for f in fields(AuditSummary)}
     return ExportAuditSummary(
@@ -584,11 +794,26 @@ def audit_directory(
         checks=tuple(checks),
         receipts=receipts.verified,
         members_checked=members.checked if members is not None else 0,
+        upstream_logs=tuple(u.origin for u in upstream),
+        upstream_revocations=sum(u.propagated for u in upstream),
+        upstream_revocations_newer=sum(u.newer for u in upstream),
     )
 
 
 def _counts(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+
+def _ran(s: ExportAuditSummary, check: str, text: str) -> str:
+    return text if check in s.checks else "not checked"
+
+
+def _upstream_text(s: ExportAuditSummary) -> str:
+    return (
+        f"{s.upstream_revocations} upstream revocations propagated, "
+        f"{s.upstream_revocations_newer} newer than the adopted checkpoint (not counted), from "
+        f"{', '.join(s.upstream_logs) or 'no re-shared log'}"
+    )
 
 
 def _report(root: Path, s: ExportAuditSummary) -> str:
@@ -613,6 +838,9 @@ def _report(root: Path, s: ExportAuditSummary) -> str:
         f"  revocations  {_counts(s.revocation_reasons)}",
         f"  labels       {_counts(s.labels)}",
         f"  authors      {_counts(s.authors)}",
+        f"  receipts     {_ran(s, 're-share receipts', f'{s.receipts} verified to the original')}",
+        f"  membership   {_ran(s, 'membership', f'{s.members_checked} records by members')}",
+        f"  upstream     {_ran(s, 'upstream revocations', _upstream_text(s))}",
     ]
     if s.unverified_files:
         lines.append(
@@ -679,6 +907,11 @@ def main(argv: list[str] | None = None) -> int:
         "--members-vkey", metavar="VKEY",
         help="the coordinator's members-log vkey (overrides DIR/members/vkey)",
     )
+    parser.add_argument(
+        "--upstream", metavar="DIR", type=Path, action="append", default=[],
+        help="an export of a log this one re-shares from, verified with its --upstream-vkey: "
+        "check that its revocations of re-shared entries appear here (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.equivocation is not None:
         return _main_equivocation(parser, args.equivocation, args.vkey, args.json)
@@ -703,6 +936,7 @@ def main(argv: list[str] | None = None) -> int:
             trusted_vkey=args.vkey,
             upstream_vkeys=args.upstream_vkey,
             members_vkey=args.members_vkey,
+            upstream_dirs=args.upstream,
         )
     except ProtocolError as e:
         if args.json:
