@@ -96,8 +96,13 @@ async def test_append_tiles_root_and_checkpoint(database_url: str) -> None:
         refs = tlog.tiles_for_size(600)
         got = await store.read_tiles(info.id, refs)
         assert got == tlog.update_tiles(0, {}, leaves)
-        # entry bundles come back byte-exact
+        # entry bundles come back byte-exact; full ones are stored whole by the append that
+        # completed them (even when the block spanned several appends)
         assert await store.read_entries(info.id, 256, 256) == [p.data for p in prepared[256:512]]
+        for n in (0, 1):
+            block = [p.data for p in prepared[n * 256 : (n + 1) * 256]]
+            assert await store.read_bundle(info.id, n) == tlog.encode_entry_bundle(block)
+        assert await store.read_bundle(info.id, 2) is None  # partial: built on demand
 
         signer = Signer.generate(ORIGIN)
 

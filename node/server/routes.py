@@ -218,10 +218,11 @@ async def get_tile(request: web.Request) -> web.Response:
         raise NotFound(f"{ref.path()} does not exist in set {info.name}")
     data: bytes | None
     if ref.is_entries:
-        entries = await state.service.store.read_entries(
-            info.id, ref.n * tlog.TILE_WIDTH, ref.width
-        )
-        data = tlog.encode_entry_bundle(entries) if len(entries) == ref.width else None
+        store = state.service.store
+        data = await store.read_bundle(info.id, ref.n) if ref.is_full else None
+        if data is None:  # partial, or a set written before bundles were stored
+            entries = await store.read_entries(info.id, ref.n * tlog.TILE_WIDTH, ref.width)
+            data = tlog.encode_entry_bundle(entries) if len(entries) == ref.width else None
     else:
         data = (await state.service.store.read_tiles(info.id, [ref])).get(ref)
     if data is None:

@@ -151,6 +151,9 @@ class Store(Protocol):
     async def read_entries(self, set_id: int, start: int, count: int) -> list[bytes]:
         """Leaf data of records ``start .. start+count-1`` (fewer if the log is shorter)."""
 
+    async def read_bundle(self, set_id: int, n: int) -> bytes | None:
+        """Full entry bundle ``n`` as stored by the append that completed it, if any."""
+
     async def find_entries(
         self, key: bytes, set_ids: Sequence[int] | None = None
     ) -> list[StoredRecord]:

@@ -230,3 +230,14 @@ reshare_pending = Table(
     Column("idx", BigInteger, nullable=False),
     PrimaryKeyConstraint("set_id", "idx"),
 )
+
+# Full (256-entry) entry bundles, written in the append transaction that completes them
+# (migration 0005): immutable, served as one row. Partial bundles are built from `records`.
+bundles = Table(
+    "bundles",
+    metadata,
+    Column("set_id", Integer, ForeignKey("sets.id"), nullable=False),
+    Column("n", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("set_id", "n"),
+)
