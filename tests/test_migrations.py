@@ -47,3 +47,38 @@ async def test_upgrade_from_first_revision_keeps_data(database_url: str) -> None
         assert set(metadata.tables) <= tables
     finally:
         await store.close()
+
+
+async def test_0005_writes_the_bundles_of_existing_sets(database_url: str) -> None:
+    from protocol.tiles import encode_entry_bundle
+
+    store = SqlStore.engines(database_url)
+    try:
+        await migrate.upgrade(store._write, "0004")
+        leaves = [f'{{"n":{i}}}'.encode() for i in range(300)]
+        async with store._write.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO sets (name, origin, description, tlp, created, size, root,"
+                    " checkpoint_size) VALUES ('old', 'n.example/old', '', 'clear',"
+                    " '2026-01-01T00:00:00Z', 300, :root, 0)"
+                ),
+                {"root": b"\0" * 32},
+            )
+            for i, leaf in enumerate(leaves):
+                await conn.execute(
+                    text(
+                        "INSERT INTO records (set_id, idx, record_id, kind, hash_key, data)"
+                        " VALUES (1, :i, :rid, 'entry', NULL, :data)"
+                    ),
+                    {"i": i, "rid": f"{i:032x}", "data": leaf},
+                )
+        await migrate.upgrade(store._write)
+    finally:
+        await store.close()
+    store = await SqlStore.open(database_url)
+    try:
+        assert await store.read_bundle(1, 0) == encode_entry_bundle(leaves[:256])
+        assert await store.read_bundle(1, 1) is None  # partial: not stored
+    finally:
+        await store.close()
