@@ -21,6 +21,18 @@ from protocol.errors import InconsistentTreeError, ProtocolError
 __all__ = ["build_report", "print_report", "render_html", "render_text", "write_report"]
 
 _INDEX_RE = re.compile(r"index (\d+)")
+#: a record of another log in the export (members/, an --upstream export): not this log's index
+_OTHER_LOG_INDEX_RE = re.compile(r"(members|upstream)/index (\d+)")
+
+#: the checks beyond the tree: (name in ``checks``, report label, what its count counts, key)
+_EXTRA_CHECKS = (
+    ("re-share receipts", "receipts", "re-share receipts verified back to the original",
+     "receipts"),
+    ("membership", "membership", "records by an authorised member at their time (members/)",
+     "members_checked"),
+    ("upstream revocations", "upstream", "upstream revocations propagated",
+     "upstream_revocations"),
+)
 
 
 def failure_of(e: ProtocolError) -> dict[str, Any]:
@@ -28,6 +40,9 @@ def failure_of(e: ProtocolError) -> dict[str, Any]:
     row: dict[str, Any] = {"type": type(e).__name__, "message": e.message, "field": e.field}
     m = _INDEX_RE.fullmatch(e.field or "")
     row["index"] = int(m.group(1)) if m else None
+    other = _OTHER_LOG_INDEX_RE.fullmatch(e.field or "")
+    if other is not None:
+        row["other_log"], row["other_index"] = f"{other.group(1)}/", int(other.group(2))
     if isinstance(e, InconsistentTreeError) and e.evidence:
         row["evidence"] = [x.decode("utf-8", "replace") for x in e.evidence]
     return row
@@ -82,13 +97,29 @@ def _rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("authors", _counts(s["authors"])),
         ("hash types", _counts(s["hash_types"])),
         ("older", f"{len(s['older_checkpoints'])} older checkpoints consistent"),
-        ("receipts", f"{s['receipts']} re-share receipts verified"),
-        ("membership", f"{s['members_checked']} records checked against members/"),
+        *((label, text) for _check, label, _ran, text in _check_rows(s)),
     ]
+
+
+def _check_rows(s: Mapping[str, Any]) -> list[tuple[str, str, bool, str]]:
+    """(check, label, ran, result) for each check beyond the tree. Summaries written before a
+    check existed lack its keys: it reads as not run."""
+    rows = []
+    for check, label, what, key in _EXTRA_CHECKS:
+        ran = check in s["checks"]
+        text = f"{s.get(key, 0)} {what}" if ran else "not run"
+        if check == "upstream revocations" and ran:
+            logs = ", ".join(s.get("upstream_logs", [])) or "-"
+            text += (f", {s.get('upstream_revocations_newer', 0)} newer than the adopted "
+                     f"checkpoint (not counted); from {logs}")
+        rows.append((check, label, ran, text))
+    return rows
 
 
 def _failure_text(f: Mapping[str, Any]) -> str:
     at = f"record {f['index']}: " if f["index"] is not None else ""
+    if f.get("other_log"):
+        at = f"{f['other_log']} record {f['other_index']}: "
     return f"{at}{f['type']}: {f['message']}"
 
 
@@ -160,6 +191,10 @@ def render_html(report: Mapping[str, Any]) -> str:
             "Sets", ["origin", "size", "root", "entries", "active", "revoked", "key", "checks"],
             [[s["origin"], s["size"], s["root_hash"], s["entries"], s["active"], s["revoked"],
               _key_text(s), ", ".join(s["checks"])]],
+        ))
+        parts.append(_table(
+            "Checks beyond the tree", ["check", "ran", "result"],
+            [[check, "yes" if ran else "no", text] for check, _l, ran, text in _check_rows(s)],
         ))
         parts.append(_table("Sizes", ["record type", "count"], list(s["record_types"].items())))
         parts.append(_table("Organisations", ["author", "records"], list(s["authors"].items())))

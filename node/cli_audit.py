@@ -202,6 +202,7 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             summary = await asyncio.to_thread(
                 audit_directory, root, trusted_vkey=_log_vkey(args.vkey, root),
                 upstream_vkeys=args.upstream_vkey, members_vkey=args.members_vkey,
+                upstream_dirs=args.upstream,
             )
         except ProtocolError as e:
             error = e
@@ -227,6 +228,10 @@ def register(sub: Any) -> None:
                    help="an upstream node's vkey, to verify re-share receipts (repeatable)")
     p.add_argument("--members-vkey", metavar="VKEY",
                    help="the coordinator's members-log vkey (default: members/vkey)")
+    p.add_argument("--upstream", metavar="DIR", type=Path, action="append", default=[],
+                   help="an export of a log this set re-shares from (verified with its "
+                   "--upstream-vkey): check its revocations of re-shared entries appear here "
+                   "(repeatable)")
     p.add_argument("--report", metavar="DIR", type=Path,
                    help="also write report.json and report.html into DIR")
     p.add_argument("--evidence", metavar="DIR", type=Path,

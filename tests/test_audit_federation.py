@@ -26,7 +26,7 @@ from node import cli
 from node.federation import reshare
 from node.federation.sync import sync_once
 from protocol.audit import audit_directory
-from protocol.errors import ProofError, VerificationError
+from protocol.errors import FormatError, ProofError, VerificationError
 from protocol.receipts import Receipt
 
 REPO = Path(__file__).resolve().parent.parent
@@ -291,3 +291,51 @@ def test_hashfed_audit_report_lists_the_checks(
     assert report["summary"]["upstream_revocations"] == 1
     page = (tmp_path / "rep" / "report.html").read_text()
     assert "upstream revocations" in page
+
+
+def test_malformed_members_record_is_named_as_a_members_record(
+    scenario: Scenario, copy: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = copy("b_after")
+    bundle = next(p for p in (root / "members" / "tile" / "entries").rglob("*") if p.is_file())
+    data = bundle.read_bytes()
+    pos = data.index(b'"type":"membership"', data.index(b'"type":"membership"') + 1)  # leaf 1
+    bundle.write_bytes(data[:pos] + b'"type":"membershiq"' + data[pos + 19:])
+    with pytest.raises(FormatError) as info:
+        _audit(scenario, root)
+    assert info.value.field == "members/index 1"
+    s = scenario
+    capsys.readouterr()
+    status = cli.main(["audit", "--export", str(root), "--vkey", s.b_vkey, "--upstream-vkey",
+                       s.a_vkey, "--members-vkey", s.coord_vkey, "--report", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert status == 1 and "members/ record 1:" in out
+    (failure,) = json.loads((tmp_path / "r" / "report.json").read_text())["failures"]
+    assert failure["index"] is None and failure["other_index"] == 1
+
+
+def test_hashfed_audit_names_the_record_missing_a_revocation(
+    scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    s = scenario
+    capsys.readouterr()
+    status = cli.main([
+        "audit", "--export", str(s.exports["b_dropped"]), "--vkey", s.b_vkey,
+        "--upstream-vkey", s.a_vkey, "--members-vkey", s.coord_vkey,
+        "--upstream", str(s.exports["a_later"]), "--report", str(tmp_path / "rep"),
+    ])
+    out = capsys.readouterr().out
+    assert status == 1
+    assert f"record {s.b_index['x1']}: VerificationError" in out
+    (failure,) = json.loads((tmp_path / "rep" / "report.json").read_text())["failures"]
+    assert failure["index"] == s.b_index["x1"] and "leaf 5 of node-a.test/green" in failure[
+        "message"]
+    assert "upstream revocation at leaf 5" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_upstream_without_receipts_is_refused(scenario: Scenario) -> None:
+    s = scenario
+    with pytest.raises(FormatError) as info:
+        audit_directory(s.exports["a_after"], trusted_vkey=s.a_vkey,
+                        upstream_dirs=[s.exports["a_after"]])
+    assert info.value.field == "upstream"
