@@ -25,6 +25,7 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol.errors import FormatError, SignatureError
+from protocol.merkle import EMPTY_ROOT
 from protocol.note import (
     ED25519_SEED_SIZE,
     ED25519_SIGNATURE_SIZE,
@@ -115,6 +116,10 @@ class Checkpoint:
             raise FormatError("tree size must be an integer in [0, 2^63-1]", field="size")
         if not isinstance(self.root_hash, bytes) or len(self.root_hash) != HASH_SIZE:
             raise FormatError(f"root hash must be {HASH_SIZE} bytes", field="root_hash")
+        if self.size == 0 and self.root_hash != EMPTY_ROOT:
+            # RFC 9162: the empty tree's root is SHA-256(""). Any other root at size 0 claims a
+            # tree that cannot exist; refusing it here keeps witnesses from cosigning one.
+            raise FormatError("a tree of size 0 has the empty-tree root", field="root_hash")
         if not isinstance(self.extensions, tuple):
             raise FormatError("extensions must be a tuple of lines", field="extensions")
         for ext in self.extensions:

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol import merkle
 from protocol.checkpoint import (
     MAX_TIMESTAMP,
     Checkpoint,
@@ -151,7 +152,11 @@ def test_parse_checkpoint_rejects(text: bytes) -> None:
 
 def test_parse_checkpoint_limits() -> None:
     root = base64.b64encode(bytes(32))
-    assert parse_checkpoint(b"o\n0\n" + root + b"\n").size == 0
+    empty = base64.b64encode(merkle.EMPTY_ROOT)
+    assert parse_checkpoint(b"o\n0\n" + empty + b"\n").size == 0
+    # size 0 with any other root claims a tree that cannot exist
+    with pytest.raises(FormatError, match="empty-tree root"):
+        parse_checkpoint(b"o\n0\n" + root + b"\n")
     big = parse_checkpoint(b"o\n9223372036854775807\n" + root + b"\n")
     assert big.size == 2**63 - 1
     # Origins may contain spaces and "+" (only RECOMMENDED against); they are not key names.
@@ -184,9 +189,11 @@ _line = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, ma
 _checkpoints = st.builds(
     Checkpoint,
     origin=_line,
-    size=st.integers(min_value=0, max_value=2**63 - 1),
+    size=st.integers(min_value=1, max_value=2**63 - 1),
     root_hash=st.binary(min_size=32, max_size=32),
     extensions=st.lists(_line, max_size=3).map(tuple),
+) | st.builds(  # the empty tree has exactly one root
+    Checkpoint, origin=_line, size=st.just(0), root_hash=st.just(merkle.EMPTY_ROOT)
 )
 
 
