@@ -7,6 +7,13 @@ The directory holds one log as a C2SP tlog-tiles snapshot::
     DIR/tile/<L>/<N>[.p/<W>]  hash tiles            (paths exactly as TileRef.path() writes them)
     DIR/tile/entries/<N>[.p/<W>]  entry bundles
     DIR/checkpoints/*         optional: older signed checkpoints this auditor kept
+    DIR/receipts/<index>.json optional: re-share receipts (checked with --upstream-vkey)
+    DIR/members/              optional: the coordinator's membership log, itself an export
+
+With ``--upstream DIR`` (an export of a log this one re-shares from) the audit also checks that
+every revocation there of a re-shared entry, below the upstream size the receipts adopted, is
+revoked here too. ``--vkey``, ``--upstream-vkey`` and ``--members-vkey`` accept a node's vkey: a
+node signs each of its sets' logs with that key under the set's origin.
 
 The audit (1) verifies the checkpoint's signature, (2) streams every entry bundle in index order
 through :class:`protocol.verify.LogAuditor` (one bundle in memory at a time: every record is
