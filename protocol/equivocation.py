@@ -109,10 +109,15 @@ class EquivocationProof:
                 raise FormatError("a proof hash must be base64 text",
                                   field=f"consistency_proof[{i}]")
             try:
-                path.append(base64.b64decode(item, validate=True))
+                decoded = base64.b64decode(item, validate=True)
             except (binascii.Error, ValueError) as e:
                 raise FormatError("a proof hash is not valid base64",
                                   field=f"consistency_proof[{i}]") from e
+            if base64.b64encode(decoded).decode("ascii") != item:
+                # one spelling per hash, as receipts: no non-zero padding bits, no variants
+                raise FormatError("a proof hash is not in canonical base64",
+                                  field=f"consistency_proof[{i}]")
+            path.append(decoded)
         return cls(notes[0], notes[1], tuple(path))
 
 
