@@ -13,7 +13,8 @@ Hierarchy::
      └── Unavailable       503   the node cannot serve now (not ready, database down)
 
 protocol.ProtocolError subclasses are mapped here too: FormatError -> 400, VerificationError -> 422.
-Every HTTP error body has one shape: {"error": {"code": ..., "message": ..., "field": ...}}.
+Every HTTP error body has one shape: {"error": {"code": ..., "message": ..., "field"?: ...,
+"details"?: ...}} (field and details only when there is something to say).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Tile serving policy (the API contract leaves it to the node; SPEC.md states it):
   immutable``.
 * A partial tile ``.p/W`` is served when the stored tile has at least W hashes (its first W are
   the partial tile of that width: a partial tile is a prefix of every later version of it); a
-  partial entry bundle when exactly W entries exist from its start. Partial objects are
+  partial entry bundle when at least W entries exist from its start (the first W are served).
+  Full entry bundles are stored whole by the append that completes them. Partial objects are
   ``Cache-Control: no-cache``.
 * Anything else, including a path that is not a canonical tile path (``tile/0/1000``,
   ``tile/0/x1/000``, ``.p/0``, ``.p/256``), is 404 with the JSON error body, as a static tile
