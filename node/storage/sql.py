@@ -875,7 +875,11 @@ def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA cache_size=-65536")  # 64 MiB: random-key index inserts stay in memory
+        if immediate:
+            # The writer only: 64 MiB keeps random-key index inserts in memory. Readers keep
+            # SQLite's default (2 MiB each): a page cache per pooled read connection would grow
+            # the process by 64 MiB per connection as the database grows.
+            cur.execute("PRAGMA cache_size=-65536")
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
