@@ -72,7 +72,6 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([*HASHFED, "db", "upgrade", "--data", str(data)], env=env, check=True,
                    capture_output=True)
-    leaves = leaves_of(data)
     port = free_port()
     server = subprocess.Popen([*HASHFED, "serve", "--data", str(data), "--listen",
                                f"127.0.0.1:{port}"], cwd=REPO, env=env,
@@ -81,7 +80,6 @@ def main() -> None:
         wait_ready(f"http://127.0.0.1:{port}/healthz", server)
         with tempfile.TemporaryDirectory(prefix="hashfed-bench-sync-") as tmp:
             work = Path(tmp)
-            f = floor(leaves, work / "floor.db")
             sub = work / "subscriber"
             subprocess.run([*HASHFED, "init", "--data", str(sub), "--origin", "sub.example",
                             "--org", "sub.example"], env=env, check=True, capture_output=True)
@@ -98,6 +96,10 @@ def main() -> None:
             if os.waitstatus_to_exitcode(status) != 0:
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 raise SystemExit(f"sync failed: {err}")
+            # Only now load the leaves for the floor: a child forked while this process held
+            # them would report their pages in its peak RSS.
+            leaves = leaves_of(data)
+            f = floor(leaves, work / "floor.db")
             n = len(leaves)
             print(f"{n:,} entries: floor {n / f:,.0f}/s (no HTTP), hashfed sync {n / ours:,.0f}/s "
                   f"({ours:.1f} s), ratio {f / ours:.2f} (goal >= 0.5); peak RSS of the sync "
