@@ -19,14 +19,13 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
 from node.audit_report import build_report, print_report, write_report
-from node.config import load_config
+from node.cli_common import open_service
 from node.errors import BadRequest
 from node.federation.fetch import PeerClient
 from node.storage.schema import checkpoints, reshares
@@ -146,20 +145,11 @@ def _log_vkey(vkey: str | None, root: Path) -> str | None:
 # -- commands ---------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _service(data: Path) -> AsyncIterator[NodeService]:
-    from node.service import NodeService
-
-    service = await NodeService.open(load_config(data))
-    try:
-        yield service
-    finally:
-        await service.close()
 
 
 async def _export_equivocations(data: Path, out: Path) -> int:
     """Every evidence row as ``<id>.json``: an EquivocationProof when the notes make one."""
-    async with _service(data) as service:
+    async with open_service(data) as service:
         rows = await service.store.list_evidence()
     out.mkdir(parents=True, exist_ok=True)
     for row in rows:

@@ -12,13 +12,11 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from node.config import load_config
+from node.cli_common import Command, add_command, open_service
 from node.errors import BadRequest, NodeError
 from node.federation.push import run_subscriptions
 from node.federation.sync import list_subscriptions, subscribe, sync_once
@@ -28,13 +26,6 @@ from protocol.errors import ProtocolError
 __all__ = ["cmd_subscribe", "cmd_subscriptions", "cmd_sync", "register"]
 
 
-@contextlib.asynccontextmanager
-async def _service(data: Path) -> AsyncIterator[NodeService]:
-    service = await NodeService.open(load_config(data))
-    try:
-        yield service
-    finally:
-        await service.close()
 
 
 def _policy(args: argparse.Namespace) -> str | None:
@@ -58,7 +49,7 @@ def _policy(args: argparse.Namespace) -> str | None:
 
 async def cmd_subscribe(args: argparse.Namespace) -> int:
     policy = _policy(args)
-    async with _service(args.data) as service:
+    async with open_service(args.data) as service:
         info = await subscribe(
             service, args.url, args.set, vkey=args.vkey, reshare_into=args.reshare_into,
             reshare_policy=policy,
@@ -74,7 +65,7 @@ def _error_text(e: BaseException) -> str:
 
 
 async def cmd_sync(args: argparse.Namespace) -> int:
-    async with _service(args.data) as service:
+    async with open_service(args.data) as service:
         if not args.once:
             return await _follow(service)
         failed = 0
@@ -113,7 +104,7 @@ async def _follow(service: NodeService) -> int:
 
 
 async def cmd_subscriptions(args: argparse.Namespace) -> int:
-    async with _service(args.data) as service:
+    async with open_service(args.data) as service:
         rows: list[dict[str, Any]] = [
             {
                 "name": s.info.name,
@@ -143,14 +134,8 @@ async def cmd_subscriptions(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add the three commands to ``hashfed``'s subparsers (``sub`` from add_subparsers)."""
 
-    def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
-        p.add_argument(
-            "--data", metavar="DIR", type=Path, default=None,
-            help="the node's data directory (default: $HASHFED_DATA)",
-        )
-        p.set_defaults(func=func, needs_data=True)
-        return p
+    def command(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        return add_command(sub, name, func, help)
 
     p = command("subscribe", cmd_subscribe, "follow a partner's set as a verified mirror")
     p.add_argument("--url", required=True, help="the partner node's base URL")

@@ -8,14 +8,13 @@ bounded whatever the logs' sizes). Errors are raised; ``node.cli.main`` prints t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Final
 
-from node.config import load_config
+from node.cli_common import Command, add_command, open_service
 from node.errors import BadRequest
 from node.service import ATTESTATION_OPINIONS, NodeService
 from node.storage import StoredRecord
@@ -31,17 +30,10 @@ VIEW_COLUMNS: Final = (
 _PAGE: Final = 1000
 
 
-@contextlib.asynccontextmanager
-async def _service(data: Path) -> AsyncIterator[NodeService]:
-    service = await NodeService.open(load_config(data))
-    try:
-        yield service
-    finally:
-        await service.close()
 
 
 async def cmd_attest(args: argparse.Namespace) -> int:
-    async with _service(args.data) as service:
+    async with open_service(args.data) as service:
         result = await service.attest(
             args.set,
             target_origin=args.target_origin,
@@ -104,7 +96,7 @@ async def export_view(service: NodeService, out: IO[str], fmt: str = "csv") -> i
 async def cmd_export_view(args: argparse.Namespace) -> int:
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
-    async with _service(args.data) as service:
+    async with open_service(args.data) as service:
         try:
             with tmp.open("w", encoding="utf-8", newline="") as f:
                 total = await export_view(service, f, args.format)
@@ -118,14 +110,8 @@ async def cmd_export_view(args: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     """Add ``attest`` and ``export-view`` to ``hashfed``'s subparsers."""
 
-    def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
-        p.add_argument(
-            "--data", metavar="DIR", type=Path, default=None,
-            help="the node's data directory (default: $HASHFED_DATA)",
-        )
-        p.set_defaults(func=func, needs_data=True)
-        return p
+    def command(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        return add_command(sub, name, func, help)
 
     p = command("attest", cmd_attest, "record this organisation's opinion of an entry")
     p.add_argument("--set", required=True, metavar="OWN_SET", help="the local set to append to")

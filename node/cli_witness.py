@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from node.cli_common import Command, add_command
 from node.config import load_config, parse_listen
 from node.storage.sql import SqlStore
 from node.witness import (
@@ -133,15 +134,9 @@ def register(sub: Any) -> None:
     witness.set_defaults(func=cmd_witness, needs_data=True)
     commands = witness.add_subparsers(dest="witness_command", metavar="COMMAND")
 
-    def command(name: str, func: Any, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = commands.add_parser(name, help=help, description=help)
+    def command(name: str, func: Command, help: str) -> argparse.ArgumentParser:
         # SUPPRESS: a default here would overwrite a --data given before the subcommand.
-        p.add_argument(
-            "--data", metavar="DIR", type=Path, default=argparse.SUPPRESS,
-            help="the node's data directory (default: $HASHFED_DATA)",
-        )
-        p.set_defaults(func=func, needs_data=True)
-        return p
+        return add_command(commands, name, func, help, data_default=argparse.SUPPRESS)
 
     p = command("init", cmd_init, "create this node's witness key (DIR/witness.key)")
     p.add_argument("--name", help="the witness's key name (default: <origin>/witness)")
