@@ -22,27 +22,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from protocol.errors import FormatError, SignatureError
 from protocol.merkle import EMPTY_ROOT
 from protocol.note import (
-    ED25519_SEED_SIZE,
     ED25519_SIGNATURE_SIZE,
     MAX_SIGNATURES,
     NoteSignature,
+    PrivateKey,
     PublicKey,
     Signer,
     Verifier,
     ed25519_verify,
-    format_key_string,
-    is_valid_name,
-    key_id,
-    load_ed25519_seed,
     open_note,
-    parse_key_string,
-    raw_public,
-    raw_seed,
     sign_note,
     split_note,
 )
@@ -226,48 +217,11 @@ class CosignatureVerifier(PublicKey):
         return int.from_bytes(sig.signature[:_TIMESTAMP_SIZE], "big")
 
 
-class CosignatureSigner:
+class CosignatureSigner(PrivateKey):
     """A witness's cosignature/v1 key. Build with :meth:`generate` or :meth:`from_skey`."""
 
-    __slots__ = ("_key", "_key_id", "_name", "_public_key")
-
-    def __init__(self, token: object, name: str, key: Ed25519PrivateKey) -> None:
-        if token is not _CONSTRUCT:
-            raise TypeError("use CosignatureSigner.generate() or CosignatureSigner.from_skey()")
-        if not is_valid_name(name):
-            raise FormatError(f"invalid key name {name!r}", field="name")
-        self._name = name
-        self._key = key
-        self._public_key = raw_public(key)
-        self._key_id = key_id(name, bytes([ALG_COSIGNATURE_V1]) + self._public_key)
-
-    @classmethod
-    def generate(cls, name: str) -> CosignatureSigner:
-        return cls(_CONSTRUCT, name, Ed25519PrivateKey.generate())
-
-    @classmethod
-    def from_skey(cls, skey: str) -> CosignatureSigner:
-        """Parse ``PRIVATE+KEY+name+hexkeyid+base64(0x04 || seed)``; the key ID must match."""
-        name, kid, seed = parse_key_string(
-            skey, alg=ALG_COSIGNATURE_V1, key_size=ED25519_SEED_SIZE, private=True, field="skey"
-        )
-        signer = cls(_CONSTRUCT, name, load_ed25519_seed(seed, field="skey"))
-        if signer.key_id != kid:
-            raise FormatError("key ID does not match the key", field="skey")
-        return signer
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
-
-    def skey(self) -> str:
-        return format_key_string(
-            self._name, self._key_id, ALG_COSIGNATURE_V1, raw_seed(self._key), private=True
-        )
+    ALG = ALG_COSIGNATURE_V1
+    __slots__ = ()
 
     def verifier(self) -> CosignatureVerifier:
         return CosignatureVerifier.from_public_key(self._name, self._public_key)

@@ -314,32 +314,38 @@ class Verifier(PublicKey):
         ed25519_verify(self._key, msg, sig, what=f"key {self._name}+{self._key_id.hex()}")
 
 
-class Signer:
-    """An Ed25519 note signer (signature type 0x01). Build with :meth:`generate` or
-    :meth:`from_skey`; the seed never appears in ``repr``."""
+class PrivateKey:
+    """An Ed25519 private key under a signed-note key name: the part that note signers (type
+    0x01, :class:`Signer`) and witness cosigners (type 0x04,
+    :class:`protocol.checkpoint.CosignatureSigner`) share. Build with :meth:`generate` or
+    :meth:`from_skey`; the seed never appears in ``repr``.
+    """
+
+    #: the signature type byte that goes into the key ID and the key strings
+    ALG: ClassVar[int] = ALG_ED25519
 
     __slots__ = ("_key", "_key_id", "_name", "_public_key")
 
     def __init__(self, token: object, name: str, key: Ed25519PrivateKey) -> None:
         if token is not _CONSTRUCT:
-            raise TypeError("use Signer.generate() or Signer.from_skey()")
+            raise TypeError(f"use {type(self).__name__}.generate() or .from_skey()")
         self._name = _check_name(name)
         self._key = key
         self._public_key = raw_public(key)
-        self._key_id = key_id(name, bytes([ALG_ED25519]) + self._public_key)
+        self._key_id = key_id(name, bytes([self.ALG]) + self._public_key)
 
     @classmethod
-    def generate(cls, name: str) -> Signer:
+    def generate(cls, name: str) -> Self:
         return cls(_CONSTRUCT, _check_name(name), Ed25519PrivateKey.generate())
 
     @classmethod
-    def from_skey(cls, skey: str) -> Signer:
-        """Parse ``PRIVATE+KEY+name+hexkeyid+base64(0x01 || seed)``.
+    def from_skey(cls, skey: str) -> Self:
+        """Parse ``PRIVATE+KEY+name+hexkeyid+base64(ALG || seed)``.
 
         The key ID names the *public* key, so it is checked after deriving that key (as Go does).
         """
         name, kid, seed = parse_key_string(
-            skey, alg=ALG_ED25519, key_size=ED25519_SEED_SIZE, private=True, field="skey"
+            skey, alg=cls.ALG, key_size=ED25519_SEED_SIZE, private=True, field="skey"
         )
         signer = cls(_CONSTRUCT, name, load_ed25519_seed(seed, field="skey"))
         if signer.key_id != kid:
@@ -355,13 +361,23 @@ class Signer:
         return self._key_id
 
     def skey(self) -> str:
-        """The secret signer key string; whoever holds it can sign as this key."""
+        """The secret key string; whoever holds it can sign as this key."""
         return format_key_string(
-            self._name, self._key_id, ALG_ED25519, raw_seed(self._key), private=True
+            self._name, self._key_id, self.ALG, raw_seed(self._key), private=True
         )
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self._name!r}, key_id={self._key_id.hex()!r})"
+
+
+class Signer(PrivateKey):
+    """An Ed25519 note signer (signature type 0x01). Build with :meth:`generate` or
+    :meth:`from_skey`; the seed never appears in ``repr``."""
+
+    __slots__ = ()
+
     def verifier(self) -> Verifier:
-        return Verifier(_CONSTRUCT, self._name, self._public_key)
+        return Verifier.from_public_key(self._name, self._public_key)
 
     def with_name(self, name: str) -> Signer:
         """The same key pair under another key name (and so another key ID).
@@ -374,9 +390,6 @@ class Signer:
     def sign(self, msg: bytes) -> bytes:
         """The raw 64-byte Ed25519 signature of ``msg`` (deterministic, RFC 8032)."""
         return self._key.sign(msg)
-
-    def __repr__(self) -> str:
-        return f"Signer(name={self._name!r}, key_id={self._key_id.hex()!r})"
 
 
 @dataclass(frozen=True)
