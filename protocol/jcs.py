@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 from protocol.errors import FormatError
@@ -205,9 +205,13 @@ def canonicalize_reference(value: JSONValue) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-def _plain_dict(members: dict[Any, Any]) -> bool:
-    """True if every value below is an exact str/int-in-range/bool/None/list/dict (no float)."""
-    for item in members.values():
+def _plain(values: Iterable[Any]) -> bool:
+    """True if every value below is an exact str/int-in-range/bool/None/list/dict (no float).
+
+    Called with a dict's values or a list's items; one function for both keeps the hot path's
+    rules in one place.
+    """
+    for item in values:
         kind = type(item)
         if kind is str:
             continue
@@ -216,30 +220,10 @@ def _plain_dict(members: dict[Any, Any]) -> bool:
                 continue
             return False
         if kind is dict:
-            if not _plain_dict(item):
+            if not _plain(item.values()):
                 return False
         elif kind is list:
-            if not _plain_list(item):
-                return False
-        elif kind is not bool and item is not None:
-            return False
-    return True
-
-
-def _plain_list(items: list[Any]) -> bool:
-    for item in items:
-        kind = type(item)
-        if kind is str:
-            continue
-        if kind is int:
-            if -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                continue
-            return False
-        if kind is dict:
-            if not _plain_dict(item):
-                return False
-        elif kind is list:
-            if not _plain_list(item):
+            if not _plain(item):
                 return False
         elif kind is not bool and item is not None:
             return False
@@ -265,9 +249,9 @@ def canonicalize(value: JSONValue) -> bytes:
         kind = type(value)
         try:
             if kind is dict:
-                plain = _plain_dict(value)  # type: ignore[arg-type]
+                plain = _plain(value.values())  # type: ignore[union-attr]
             elif kind is list:
-                plain = _plain_list(value)  # type: ignore[arg-type]
+                plain = _plain(value)  # type: ignore[arg-type]
             else:
                 plain = False  # a bare scalar: nothing to gain
         except RecursionError:
