@@ -1,8 +1,9 @@
 """hashfed protocol: records, canonical JSON, Merkle logs, signed checkpoints; pure and offline.
 
 Everything an auditor needs to verify a hashfed node's output without trusting it, importable with
-only ``cryptography`` and ``pydantic`` installed (no network, no database, no asyncio). The names
-below are the public surface; submodules hold the details and the lower-level helpers.
+only ``cryptography``, ``pydantic`` and ``msgspec`` installed (no network, no database, no
+asyncio). The names below are the public surface; submodules hold the details and the lower-level
+helpers.
 
 Verification functions return ``None`` (or the verified object) or raise a
 :class:`~protocol.errors.ProtocolError`: see :mod:`protocol.errors` for the hierarchy. The export
@@ -54,6 +55,15 @@ from protocol.records import (
     encode_record,
     record_from_dict,
 )
+from protocol.scan import (
+    AttestationView,
+    EntryView,
+    MembershipView,
+    RecordView,
+    RevocationView,
+    scan_record,
+    view_to_record,
+)
 from protocol.tiles import TileRef, decode_entry_bundle, encode_entry_bundle, parse_tile_path
 from protocol.verify import (
     AuditSummary,
@@ -71,12 +81,14 @@ __all__ = [
     "HASH_TYPES",
     "MAX_RECORD_SIZE",
     "Attestation",
+    "AttestationView",
     "AuditSummary",
     "Checkpoint",
     "CompactRange",
     "CosignatureSigner",
     "CosignatureVerifier",
     "Entry",
+    "EntryView",
     "EquivocationProof",
     "FormatError",
     "HashType",
@@ -85,13 +97,16 @@ __all__ = [
     "Member",
     "Membership",
     "MembershipState",
+    "MembershipView",
     "Note",
     "ProofError",
     "ProtocolError",
     "Receipt",
     "Record",
     "RecordTooLargeError",
+    "RecordView",
     "Revocation",
+    "RevocationView",
     "SignatureError",
     "Signer",
     "TileRef",
@@ -118,6 +133,7 @@ __all__ = [
     "record_from_dict",
     "reshared_entry_fields",
     "root_from_leaf_hashes",
+    "scan_record",
     "sign_checkpoint",
     "sign_note",
     "verify_bundle",
@@ -131,4 +147,5 @@ __all__ = [
     "verify_receipt_chain",
     "verify_record",
     "verify_tree_tiles",
+    "view_to_record",
 ]

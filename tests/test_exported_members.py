@@ -14,3 +14,17 @@ def test_exported_names_are_pinned() -> None:
     assert exported - submodules == set(protocol.__all__)
     for name in protocol.__all__:
         assert getattr(protocol, name) is not None
+
+
+def test_fast_record_views_are_exported() -> None:
+    # node/ (sync, publish) builds on these names: renaming one is a breaking change.
+    pinned = {
+        "AttestationView",
+        "EntryView",
+        "MembershipView",
+        "RecordView",
+        "RevocationView",
+        "scan_record",
+        "view_to_record",
+    }
+    assert pinned <= set(protocol.__all__)

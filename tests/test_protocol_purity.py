@@ -1,7 +1,8 @@
 """Proves that ``protocol`` stays a pure core: it imports without networking, asyncio or databases.
 
 Every module under protocol/ is imported in a fresh interpreter whose import system refuses the
-node's libraries (aiohttp, SQLAlchemy, database drivers, asyncio, orjson, ``node`` itself).
+node's libraries (aiohttp, SQLAlchemy, database drivers, asyncio, orjson, ``node`` itself):
+protocol may import only the stdlib, cryptography, pydantic and msgspec (orjson behind a guard).
 Socket-level stdlib modules are refused when protocol code imports them directly; they are
 allowed transitively because cryptography.x509 and typing_extensions pull in ``socket`` for
 their own reasons without doing any I/O. orjson is refused too, so this also proves that its
@@ -234,7 +235,8 @@ def test_protocol_source_has_no_forbidden_imports_anywhere() -> None:
 def _fake_protocol(root: Path) -> None:
     files = {
         "__init__.py": "",
-        "clean.py": "import hashlib\nimport pydantic\nimport cryptography.x509\n",
+        # the allowed third-party imports: cryptography, pydantic, msgspec
+        "clean.py": "import hashlib\nimport pydantic\nimport msgspec\nimport cryptography.x509\n",
         "guarded.py": "try:\n    import orjson\nexcept ImportError:\n    orjson = None\n",
         "direct_socket.py": "import socket\n",
         "sub/__init__.py": "",

@@ -1,0 +1,611 @@
+"""protocol.scan: the fast record views accept exactly what decode_record accepts, no more, no less.
+
+The reference is :func:`protocol.records.decode_record`. Every test compares against it: valid
+records of every kind go through the fast path and read the same as the model; mutated,
+fuzzed and random-JSON bytes give the same outcome from both (same content, or the same error
+class, message and field); and whenever the fast path *alone* accepts something, the reference
+accepts it too, with the same content (so the fallback never hides a too-wide fast path).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import protocol
+from protocol import scan
+from protocol.errors import FormatError, ProtocolError, RecordTooLargeError
+from protocol.jcs import canonicalize_reference
+from protocol.records import (
+    MAX_RECORD_SIZE,
+    Attestation,
+    Entry,
+    HashRef,
+    HashValue,
+    Hop,
+    Membership,
+    Provenance,
+    Revocation,
+    Vetting,
+    decode_record,
+    encode_record,
+    record_from_dict,
+)
+from protocol.scan import (
+    AttestationView,
+    EntryView,
+    HashRefView,
+    HashValueView,
+    HopView,
+    MembershipView,
+    ProvenanceView,
+    RevocationView,
+    VettingView,
+    scan_record,
+    view_to_record,
+)
+
+AnyRecord = Entry | Revocation | Attestation | Membership
+
+# ---- comparing outcomes -----------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """A view as the JSON-like dict model_dump(mode="json", exclude_none=True) gives."""
+    if isinstance(value, msgspec.Struct):
+        return {
+            k: plain(v) for k, v in msgspec.structs.asdict(value).items() if v is not None
+        }
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    return value
+
+
+def outcome(fn: Any, data: bytes) -> tuple[Any, ...]:
+    try:
+        result = fn(data)
+    except ProtocolError as e:
+        return ("error", type(e), e.message, e.field)
+    if isinstance(result, msgspec.Struct):
+        return ("ok", plain(result))
+    return ("ok", result.model_dump(mode="json", exclude_none=True))
+
+
+def assert_agree(data: bytes) -> None:
+    """scan_record and decode_record agree; the fast path alone is never wider."""
+    reference = outcome(decode_record, data)
+    assert outcome(scan_record, data) == reference
+    fast = scan._fast_scan(data)
+    if fast is not None:
+        assert reference == ("ok", plain(fast)), data
+
+
+# ---- valid records ----------------------------------------------------------------------------
+
+hex128 = st.binary(min_size=16, max_size=16).map(bytes.hex)
+orgs = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,63}", fullmatch=True)
+origins = st.from_regex(r"[a-z0-9][a-z0-9.:-]{0,40}(/[a-zA-Z0-9._~-]{1,20}){0,3}", fullmatch=True)
+timestamps = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2200, 12, 31)
+).map(lambda d: d.replace(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+labels = st.sampled_from(["ic:A1", "ic:A2", "ic:B1", "ic:B2"]) | st.from_regex(
+    r"[a-hj-z][a-z0-9-]{0,10}:[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True
+)
+# Printable per records (no C0 controls, DEL, U+2028/9), with quotes, backslashes, non-ASCII,
+# C1 controls and astral characters all possible.
+_text_chars = st.characters(
+    blacklist_categories=["Cs"],
+    blacklist_characters="".join(chr(c) for c in range(0x20)) + "\x7f\u2028\u2029",
+)
+
+
+def texts(max_size: int) -> st.SearchStrategy[str]:
+    return st.text(_text_chars, min_size=1, max_size=max_size) | st.sampled_from(
+        ['a "quoted" \\ text', "é", "\x85", "日本語", "\U0001f600", "\ufeff", "x" * max_size]
+    )
+
+
+def _hex(n_chars: int) -> st.SearchStrategy[str]:
+    return st.binary(min_size=n_chars // 2, max_size=n_chars // 2).map(bytes.hex)
+
+
+_vpdq = st.lists(
+    st.tuples(_hex(64), st.integers(0, 100)).map(lambda t: f"{t[0]}:{t[1]}"),
+    min_size=1,
+    max_size=4,
+).map(",".join)
+
+#: (hash dict, media) pairs, every registered type
+hashes = st.one_of(
+    st.builds(lambda v, q: ({"type": "pdq", "value": v, "quality": q}, "image"),
+              _hex(64), st.integers(0, 100)),
+    st.tuples(st.sampled_from(["md5", "sha1", "sha256"]), st.sampled_from(["image", "video"]))
+    .flatmap(lambda t: _hex({"md5": 32, "sha1": 40, "sha256": 64}[t[0]])
+             .map(lambda v: ({"type": t[0], "value": v}, t[1]))),
+    _hex(288).map(lambda v: ({"type": "photodna", "value": v}, "image")),
+    _hex(2048).map(lambda v: ({"type": "tmk_pdqf", "value": v}, "video")),
+    _vpdq.map(lambda v: ({"type": "vpdq", "value": v}, "video")),
+)
+
+
+def optional(d: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        d[key] = value
+
+
+@st.composite
+def entries(draw: st.DrawFn) -> dict[str, Any]:
+    h, media = draw(hashes)
+    vetting: dict[str, Any] = {"status": draw(st.sampled_from(["confirmed", "unconfirmed"]))}
+    vetting["reviews"] = draw(st.integers(1 if vetting["status"] == "confirmed" else 0, 1000))
+    optional(vetting, "standard", draw(st.none() | texts(64)))
+    optional(vetting, "at", draw(st.none() | timestamps))
+    hops = st.fixed_dictionaries(
+        {"org": orgs, "origin": origins, "record": hex128, "at": timestamps}
+    )
+    provenance: dict[str, Any] = {
+        "org": draw(orgs),
+        "node": draw(origins),
+        "record": draw(hex128),
+        "first_seen": draw(timestamps),
+        "chain": draw(st.lists(hops, max_size=3)),
+    }
+    optional(provenance, "source_ref", draw(st.none() | texts(256)))
+    d: dict[str, Any] = {
+        "type": "entry",
+        "id": draw(hex128),
+        "author": draw(orgs),
+        "created": draw(timestamps),
+        "nonce": draw(hex128),
+        "hash": h,
+        "media": media,
+        "labels": draw(st.lists(labels, unique=True, max_size=5)),
+        "generated": draw(st.sampled_from(["generated", "not_generated", "unknown"])),
+        "vetting": vetting,
+        "provenance": provenance,
+    }
+    optional(d, "expires", draw(st.none() | timestamps))
+    return d
+
+
+def _common(draw: st.DrawFn, kind: str) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "id": draw(hex128),
+        "author": draw(orgs),
+        "created": draw(timestamps),
+        "nonce": draw(hex128),
+    }
+
+
+def _hash_ref(draw: st.DrawFn) -> dict[str, str]:
+    h, _ = draw(hashes)
+    return {"type": h["type"], "value": h["value"]}
+
+
+@st.composite
+def revocations(draw: st.DrawFn) -> dict[str, Any]:
+    d = _common(draw, "revocation")
+    d["target"] = draw(hex128)
+    d["target_hash"] = _hash_ref(draw)
+    d["role"] = draw(st.sampled_from(["author", "coordinator"]))
+    d["reason"] = draw(st.sampled_from(
+        ["false_positive", "legal_order", "duplicate", "quality", "expired", "other"]
+    ))
+    text = draw(texts(1024)) if d["reason"] == "other" else draw(st.none() | texts(1024))
+    optional(d, "text", text)
+    return d
+
+
+@st.composite
+def attestations(draw: st.DrawFn) -> dict[str, Any]:
+    d = _common(draw, "attestation")
+    d["target"] = draw(hex128)
+    d["target_origin"] = draw(origins)
+    d["target_hash"] = _hash_ref(draw)
+    d["opinion"] = draw(st.sampled_from(["agree", "disagree", "also_vetted", "sighting"]))
+    reason = draw(texts(1024)) if d["opinion"] == "disagree" else draw(st.none() | texts(1024))
+    optional(d, "reason", reason)
+    if d["opinion"] == "sighting":
+        d["count"] = draw(st.integers(1, 2**53 - 1))
+    return d
+
+
+# The fast path takes URLs and vkeys in printable ASCII; other characters go to the reference.
+urls = st.builds(lambda s, p: s + p, st.sampled_from(["http://", "https://"]),
+                 st.from_regex(r"[!-~]{1,60}", fullmatch=True))
+vkeys = st.builds(
+    lambda name, kid, key: f"{name}+{kid}+{base64.b64encode(key).decode()}",
+    st.from_regex(r"[!-*,-~]{1,30}", fullmatch=True),
+    _hex(8),
+    st.binary(min_size=3, max_size=40),
+)
+
+
+@st.composite
+def memberships(draw: st.DrawFn) -> dict[str, Any]:
+    d = _common(draw, "membership")
+    action = draw(st.sampled_from(["admit", "rotate", "suspend", "remove"]))
+    d["action"] = action
+    d["member"] = draw(orgs)
+    admit = action == "admit"
+    optional(d, "name", draw(texts(1024)) if admit else draw(st.none() | texts(1024)))
+    optional(d, "node_url", draw(urls) if admit else draw(st.none() | urls))
+    d["vkeys"] = draw(st.lists(vkeys, min_size=1 if action in ("admit", "rotate") else 0,
+                               max_size=3))
+    roles = ["publisher", "subscriber", "coordinator", "auditor", "witness"]
+    d["roles"] = draw(st.lists(st.sampled_from(roles), unique=True,
+                               min_size=1 if admit else 0, max_size=5))
+    valid_from = draw(timestamps) if admit else draw(st.none() | timestamps)
+    optional(d, "valid_from", valid_from)
+    valid_until = draw(st.none() | timestamps)
+    if valid_until is not None and (valid_from is None or valid_until > valid_from):
+        d["valid_until"] = valid_until
+    optional(d, "reason", draw(st.none() | texts(1024)))
+    return d
+
+
+record_dicts = st.one_of(entries(), revocations(), attestations(), memberships())
+
+
+def build(d: dict[str, Any]) -> tuple[AnyRecord, bytes]:
+    try:
+        record = record_from_dict(d)
+        data = encode_record(record)
+    except FormatError:  # e.g. a record over the size limit: not a valid record to start from
+        assume(False)
+        raise
+    return record, data
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record_dicts)
+def test_valid_records_take_the_fast_path_and_read_like_the_model(d: dict[str, Any]) -> None:
+    record, data = build(d)
+    view = scan._fast_scan(data)
+    assert view is not None, data
+    expected = record.model_dump(mode="json", exclude_none=True)
+    assert plain(view) == expected
+    assert scan_record(data) == view
+    assert type(view).__name__ == type(record).__name__ + "View"
+    assert view_to_record(view) == record
+    assert_agree(data)
+
+
+# ---- mutations --------------------------------------------------------------------------------
+
+_INT_RE = re.compile(rb":(\d+)[,}]")
+_TIME_RE = re.compile(rb'"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"')
+_HEX_CHAR_RE = re.compile(rb"[a-f]")
+_KEY_RE = re.compile(rb'"([a-z_]+)":')
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=3),
+    max_leaves=8,
+)
+
+
+def _pairs(data: bytes) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = json.loads(data, object_pairs_hook=lambda p: p)
+    return pairs
+
+
+def _dump(value: Any) -> bytes:
+    """Compact JSON that keeps the given member order and duplicates (lists of pairs)."""
+    if isinstance(value, list) and value and all(
+        isinstance(p, tuple) and len(p) == 2 for p in value
+    ):
+        return b"{" + b",".join(_dump(k) + b":" + _dump(v) for k, v in value) + b"}"
+    if isinstance(value, list):
+        return b"[" + b",".join(_dump(v) for v in value) + b"]"
+    text: str = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.encode()
+
+
+def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
+    for key in path[:-1]:
+        d = d[key]
+    d[path[-1]] = value
+
+
+def _paths(d: dict[str, Any], prefix: list[str] | None = None) -> list[list[str]]:
+    out: list[list[str]] = []
+    for key, value in d.items():
+        path = [*(prefix or []), key]
+        out.append(path)
+        if isinstance(value, dict):
+            out.extend(_paths(value, path))
+    return out
+
+
+def _dict_mutation(draw: st.DrawFn, d: dict[str, Any]) -> Any:
+    """A structurally meaningful change to the record's value (re-encoded canonically)."""
+    kind = draw(st.sampled_from([
+        "set", "drop", "add_x", "null", "bad_time", "labels_many", "labels_dup",
+        "confirmed_zero", "long_string", "type_swap", "reviews", "quality", "count",
+    ]))
+    paths = _paths(d)
+    if kind == "set":
+        path = draw(st.sampled_from(paths))
+        _set_path(d, path, draw(json_values | st.integers(-(2**60), 2**60) | texts(10)))
+    elif kind == "drop":
+        path = draw(st.sampled_from(paths))
+        parent = d
+        for key in path[:-1]:
+            parent = parent[key]
+        del parent[path[-1]]
+    elif kind == "add_x":
+        d[draw(st.sampled_from(["x", "expires", "text", "count", "reason", "zz", "a"]))] = 1
+    elif kind == "null":
+        d[draw(st.sampled_from(["expires", "text", "count", "reason", "name", "labels", "v"]))] = (
+            None
+        )
+    elif kind == "bad_time":
+        bad = draw(st.sampled_from([
+            "2026-02-30T00:00:00Z", "2026-13-01T00:00:00Z", "2026-01-01T24:00:00Z",
+            "2026-01-01T00:00:00+00:00", "2026-01-01t00:00:00Z", "2026-01-01T00:00:00.5Z",
+            "２０２６-01-01T00:00:00Z", "2026-01-01T00:00:60Z", "0000-01-01T00:00:00Z",
+        ]))
+        candidates = [p for p in paths if p[-1] in ("created", "at", "first_seen", "expires",
+                                                    "valid_from", "valid_until")]
+        _set_path(d, draw(st.sampled_from(candidates)), bad)
+    elif kind == "labels_many":
+        d["labels"] = [f"ns:v{i}" for i in range(draw(st.integers(32, 34)))]
+    elif kind == "labels_dup":
+        d["labels"] = ["ic:A1", "x:y", "ic:A1"]
+    elif kind == "confirmed_zero":
+        d["vetting"] = {"status": "confirmed", "reviews": 0}
+    elif kind == "long_string":
+        path = draw(st.sampled_from(paths))
+        _set_path(d, path, draw(st.sampled_from(["a", "é", "0"])) * draw(
+            st.sampled_from([31, 33, 63, 64, 65, 129, 257, 1025, 5000])))
+    elif kind == "type_swap":
+        d["type"] = draw(st.sampled_from(["entry", "revocation", "attestation", "membership"]))
+    elif kind == "reviews":
+        d["vetting"] = {"status": "unconfirmed",
+                        "reviews": draw(st.sampled_from([-1, 0, 1000, 1001, 2**64]))}
+    elif kind == "quality":
+        d["hash"] = {"type": draw(st.sampled_from(["pdq", "md5"])), "value": "0" * 64,
+                     "quality": draw(st.sampled_from([-1, 0, 100, 101]))}
+    elif kind == "count":
+        d["count"] = draw(st.sampled_from([0, 1, 2**53 - 1, 2**53]))
+    return d
+
+
+def _byte_mutation(draw: st.DrawFn, data: bytes) -> bytes:
+    """A change to the exact bytes: alternative spellings, broken syntax, stray characters."""
+    kind = draw(st.sampled_from([
+        "flip", "whitespace", "swap_keys", "dup_key", "int_spelling", "escape", "upper_hex",
+        "delete", "non_ascii", "trailing", "key_escape",
+    ]))
+    i = draw(st.integers(0, len(data) - 1))
+    if kind == "flip":
+        return data[:i] + bytes([draw(st.integers(0, 255))]) + data[i + 1 :]
+    if kind == "whitespace":
+        return data[:i] + draw(st.sampled_from([b" ", b"\n", b"\t", b"\r"])) + data[i:]
+    if kind in ("swap_keys", "dup_key"):
+        pairs = _pairs(data)
+        a, b = draw(st.integers(0, len(pairs) - 1)), draw(st.integers(0, len(pairs) - 1))
+        if kind == "swap_keys":
+            pairs[a], pairs[b] = pairs[b], pairs[a]
+        else:
+            pairs.insert(b, pairs[a])
+        return _dump(pairs)
+    if kind == "int_spelling":
+        ints = list(_INT_RE.finditer(data))
+        if not ints:
+            return data
+        m = draw(st.sampled_from(ints))
+        spelling: bytes = draw(st.sampled_from([
+            b"1.0", b'"1"', b"true", b"-0", b"1e0", b"01", b"+1", m.group(1) + b".0",
+            b"9007199254740993", b"18446744073709551617", b"0.5", b"-1", b"null",
+        ]))
+        return data[: m.start(1)] + spelling + data[m.end(1) :]
+    if kind == "escape":
+        letters = [j for j in range(len(data)) if 0x41 <= data[j] <= 0x7A and data[j] != 0x5C]
+        if not letters:
+            return data
+        j = draw(st.sampled_from(letters))
+        esc = draw(st.sampled_from([b"\\u%04x" % data[j], b"\\u%04X" % data[j]]))
+        return data[:j] + esc + data[j + 1 :]
+    if kind == "upper_hex":
+        hexes = list(_HEX_CHAR_RE.finditer(data))
+        m = draw(st.sampled_from(hexes))
+        return data[: m.start()] + m.group().upper() + data[m.end() :]
+    if kind == "delete":
+        j = draw(st.integers(i, min(len(data), i + 40)))
+        return data[:i] + data[j:]
+    if kind == "non_ascii":
+        chars = draw(st.sampled_from(
+            ["\x7f", "\u2028", "\u2029", "\x85", "\x00", "\x1f", "é", "\U0001f600", "\\u2028"]
+        ))
+        return data[:i] + chars.encode() + data[i:]
+    if kind == "trailing":
+        return data + draw(st.sampled_from([b" ", b"\n", b"x", b"{}", b"\x00"]))
+    # key_escape: spell one member name with an escape, e.g. "typ\u0065"
+    keys = list(_KEY_RE.finditer(data))
+    m = draw(st.sampled_from(keys))
+    return data[: m.end(1) - 1] + b"\\u%04x" % data[m.end(1) - 1] + data[m.end(1) :]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    record, data = build(draw(record_dicts))
+    if draw(st.booleans()):
+        d = _dict_mutation(draw, record.model_dump(mode="json", exclude_none=True))
+        try:
+            return canonicalize_reference(d)
+        except FormatError:
+            return _dump(d)
+    return _byte_mutation(draw, data)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_mutated_records_get_the_reference_outcome(data: bytes) -> None:
+    assert_agree(data)
+
+
+# ---- fuzz -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=700))
+def test_random_bytes_get_the_reference_outcome(data: bytes) -> None:
+    assert_agree(data)
+
+
+_record_keys = sorted(
+    {name for model in (Entry, Revocation, Attestation, Membership, HashValue, Vetting,
+                        Provenance, Hop) for name in model.model_fields}
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.one_of(
+        json_values,
+        st.dictionaries(st.sampled_from(_record_keys), json_values, max_size=14),
+    ),
+    st.booleans(),
+)
+def test_random_json_gets_the_reference_outcome(value: Any, canonical: bool) -> None:
+    if canonical:
+        try:
+            data = canonicalize_reference(value)
+        except FormatError:
+            data = json.dumps(value).encode()
+    else:
+        data = json.dumps(value, ensure_ascii=bool(len(str(value)) % 2)).encode()
+    assert_agree(data)
+
+
+# ---- fixed cases ------------------------------------------------------------------------------
+
+
+def _valid_entry(**overrides: Any) -> dict[str, Any]:
+    rid = "0123456789abcdef0123456789abcdef"
+    d: dict[str, Any] = {
+        "type": "entry", "id": rid, "author": "a.example", "created": "2026-01-02T03:04:05Z",
+        "nonce": "fedcba9876543210fedcba9876543210",
+        "hash": {"type": "pdq", "value": "ab" * 32, "quality": 90}, "media": "image",
+        "labels": ["ic:A1"], "vetting": {"status": "confirmed", "reviews": 2},
+        "provenance": {"org": "a.example", "node": "hashfed.a.example/csam", "record": rid,
+                       "first_seen": "2026-01-01T00:00:00Z"},
+    }
+    d.update(overrides)
+    return d
+
+
+def test_every_code_point_is_written_like_rfc8785() -> None:
+    # The canonical check compares msgspec's output with the input: that proves RFC 8785 form
+    # only because msgspec writes each character exactly as RFC 8785 does.
+    for start in range(0, 0x110000, 512):
+        chars = [chr(c) for c in range(start, start + 512) if not 0xD800 <= c <= 0xDFFF]
+        for c in chars if start < 0x1000 else ["".join(chars)]:
+            assert msgspec.json.encode(c) == canonicalize_reference(c), hex(ord(c[0]))
+
+
+@pytest.mark.parametrize(
+    ("view", "model"),
+    [
+        (EntryView, Entry), (RevocationView, Revocation), (AttestationView, Attestation),
+        (MembershipView, Membership), (HashValueView, HashValue), (HashRefView, HashRef),
+        (VettingView, Vetting), (ProvenanceView, Provenance), (HopView, Hop),
+    ],
+)
+def test_views_have_the_models_fields_in_canonical_order(view: Any, model: Any) -> None:
+    assert set(view.__struct_fields__) == set(model.model_fields)
+    assert list(view.__struct_fields__) == sorted(view.__struct_fields__)
+    assert all(name.isascii() for name in view.__struct_fields__)
+    # Required in the view exactly when the canonical bytes always carry the field.
+    optional_in_view = {f.name for f in msgspec.structs.fields(view) if not f.required}
+    optional_in_model = {
+        name for name, f in model.model_fields.items() if not f.is_required() and f.default is None
+    }
+    assert optional_in_view == optional_in_model
+    assert view.__struct_config__.frozen
+    assert view.__struct_config__.forbid_unknown_fields
+
+
+def test_plain_hex_types_are_recognised() -> None:
+    assert scan._PLAIN_HEX == {
+        "md5": 32, "sha1": 40, "sha256": 64, "pdq": 64, "photodna": 288, "tmk_pdqf": 2048
+    }
+
+
+def test_views_are_frozen_and_read_like_models() -> None:
+    data = encode_record(record_from_dict(_valid_entry()))
+    view = scan_record(data)
+    assert isinstance(view, EntryView)
+    with pytest.raises(AttributeError):
+        view.id = "0" * 32  # type: ignore[misc]
+    record = decode_record(data)
+    assert isinstance(record, Entry)
+    assert (view.id, view.type, view.hash.type, view.labels) == (
+        record.id, record.type, record.hash.type, record.labels
+    )
+    assert view.provenance.chain == () == record.provenance.chain
+    assert plain(view.hash_ref()) == record.hash_ref().model_dump()
+
+
+def test_records_only_the_reference_accepts_still_scan() -> None:
+    # Non-ASCII in a node URL and a vkey name is valid, but outside the fast path's subset.
+    d = {
+        "type": "membership", "id": "1" * 32, "author": "coord.example",
+        "created": "2026-01-01T00:00:00Z", "nonce": "2" * 32, "action": "admit",
+        "member": "m.example", "name": "M", "node_url": "https://m.example/é",
+        "vkeys": ["m.é+0a0b0c0d+AQID"], "roles": ["publisher"],
+        "valid_from": "2026-01-01T00:00:00Z",
+    }
+    record = record_from_dict(d)
+    data = encode_record(record)
+    assert scan._fast_scan(data) is None
+    view = scan_record(data)
+    assert isinstance(view, MembershipView)
+    assert plain(view) == record.model_dump(mode="json", exclude_none=True)
+
+
+def test_errors_are_the_reference_errors() -> None:
+    big = b"{" + b" " * MAX_RECORD_SIZE + b"}"
+    with pytest.raises(RecordTooLargeError) as too_large:
+        scan_record(big)
+    with pytest.raises(RecordTooLargeError) as reference:
+        decode_record(big)
+    assert too_large.value.message == reference.value.message
+    d = _valid_entry(labels=["ic:A1", "ic:A1"])
+    data = canonicalize_reference(d)
+    with pytest.raises(FormatError) as err:
+        scan_record(data)
+    assert (err.value.message, err.value.field) == ("labels must not repeat", "labels")
+
+
+def test_cached_parts_do_not_excuse_a_bad_id() -> None:
+    good = encode_record(record_from_dict(_valid_entry()))
+    scan_record(good)  # fills the caches with this entry's shared parts
+    bad = good.replace(b"0123456789abcdef0123456789abcdef", b"0123456789ABCDEF0123456789abcdef", 1)
+    assert scan._fast_scan(bad) is None
+    assert_agree(bad)
+
+
+def test_caches_stay_bounded() -> None:
+    cache: set[str] = set()
+    for i in range(scan._CACHE_LIMIT + 10):
+        scan._remember(cache, str(i))
+    assert len(cache) <= scan._CACHE_LIMIT
+
+
+def test_public_names_are_exported() -> None:
+    for name in ("scan_record", "view_to_record", "EntryView", "RevocationView",
+                 "AttestationView", "MembershipView", "RecordView"):
+        assert getattr(protocol, name) is getattr(scan, name)
