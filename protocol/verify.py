@@ -33,6 +33,7 @@ from protocol.errors import (
 )
 from protocol.note import Verifier
 from protocol.records import Attestation, Entry, Membership, Revocation, decode_record
+from protocol.scan import EntryView, RevocationView, scan_record
 
 __all__ = [
     "AuditSummary",
@@ -218,13 +219,19 @@ DecodedBundle = tuple[list[RecordFacts], list[bytes], tuple[str, str, str | None
 
 
 def record_facts(data: bytes) -> RecordFacts:
-    """Validate one leaf (:func:`verify_record`) and keep only what the log-level checks use."""
-    record = verify_record(data)
-    if isinstance(record, Entry):
+    """Validate one leaf and keep only what the log-level checks use.
+
+    Accepts and refuses exactly what :func:`verify_record` does, through
+    :func:`protocol.scan.scan_record`: the audit's per-leaf check, so it takes the fast path.
+    """
+    if not isinstance(data, bytes | bytearray):
+        raise FormatError("record data must be bytes", field="data")
+    record = scan_record(bytes(data))
+    if isinstance(record, EntryView):
         h = record.hash
         return "entry", record.author, (record.id, h.type, _hash_key(h.type, h.value),
                                         tuple(record.labels))
-    if isinstance(record, Revocation):
+    if isinstance(record, RevocationView):
         ref = record.target_hash
         return "revocation", record.author, (
             record.id, record.target, ref.type, ref.value[:16], _hash_key(ref.type, ref.value),
