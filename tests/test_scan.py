@@ -312,20 +312,52 @@ def _dump(value: Any) -> bytes:
     return text.encode()
 
 
-def _set_path(d: dict[str, Any], path: list[str], value: Any) -> None:
-    for key in path[:-1]:
+Path = list[str | int]
+
+
+def _get_path(d: Any, path: Path) -> Any:
+    for key in path:
         d = d[key]
-    d[path[-1]] = value
+    return d
 
 
-def _paths(d: dict[str, Any], prefix: list[str] | None = None) -> list[list[str]]:
-    out: list[list[str]] = []
-    for key, value in d.items():
+def _set_path(d: Any, path: Path, value: Any) -> None:
+    _get_path(d, path[:-1])[path[-1]] = value
+
+
+def _paths(value: Any, prefix: Path | None = None) -> list[Path]:
+    """Every member and list item below ``value`` (dicts and lists alike)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    out: list[Path] = []
+    for key, item in items:
         path = [*(prefix or []), key]
         out.append(path)
-        if isinstance(value, dict):
-            out.extend(_paths(value, path))
+        if isinstance(item, dict | list):
+            out.extend(_paths(item, path))
     return out
+
+
+#: characters that break one grammar or another (case, separators, controls, non-ASCII...)
+_TWEAK_CHARS = ["A", "G", "z", "0", "-", ".", ":", "/", "+", "=", "_", "~", " ", "\\", '"',
+                "\x00", "\x1f", "\x7f", "\x85", "\u2028", "\u2029", "\ufeff", "é", "\U0001f600"]
+
+
+def _tweak(draw: st.DrawFn, old: str) -> str:
+    """A small change to a valid string: often still valid, often just outside a grammar."""
+    i = draw(st.integers(0, len(old)))
+    c = draw(st.sampled_from(_TWEAK_CHARS))
+    how = draw(st.sampled_from(["insert", "replace", "upper", "cut", "double", "swapcase"]))
+    if how == "insert":
+        return old[:i] + c + old[i:]
+    if how == "replace":
+        return old[:i] + c + old[i + 1 :]
+    if how == "upper":
+        return old.upper()
+    if how == "cut":
+        return old[:i]
+    if how == "double":
+        return old + old
+    return old.swapcase()
 
 
 def _dict_mutation(draw: st.DrawFn, d: dict[str, Any]) -> Any:
@@ -333,17 +365,26 @@ def _dict_mutation(draw: st.DrawFn, d: dict[str, Any]) -> Any:
     kind = draw(st.sampled_from([
         "set", "drop", "add_x", "null", "bad_time", "labels_many", "labels_dup",
         "confirmed_zero", "long_string", "type_swap", "reviews", "quality", "count",
+        "tweak", "tweak", "tweak", "bad_label",
     ]))
     paths = _paths(d)
+    if kind == "tweak":
+        strings = [p for p in paths if isinstance(_get_path(d, p), str)]
+        path = draw(st.sampled_from(strings))
+        _set_path(d, path, _tweak(draw, _get_path(d, path)))
+        return d
+    if kind == "bad_label":
+        d["labels"] = [*d.get("labels", [])[:2], draw(st.sampled_from([
+            "ic:A3", "IC:A1", "ic:a1", "nolabel", "a:", ":b", "a:b c", "a:" + "x" * 65,
+            "a" * 33 + ":x", "ns:-x", "é:x", "ns:é", "1a:x", "a_b:x", "ns:x:y", "ns:x/y",
+        ]))]
+        return d
     if kind == "set":
         path = draw(st.sampled_from(paths))
         _set_path(d, path, draw(json_values | st.integers(-(2**60), 2**60) | texts(10)))
     elif kind == "drop":
         path = draw(st.sampled_from(paths))
-        parent = d
-        for key in path[:-1]:
-            parent = parent[key]
-        del parent[path[-1]]
+        del _get_path(d, path[:-1])[path[-1]]
     elif kind == "add_x":
         d[draw(st.sampled_from(["x", "expires", "text", "count", "reason", "zz", "a"]))] = 1
     elif kind == "null":
@@ -357,7 +398,7 @@ def _dict_mutation(draw: st.DrawFn, d: dict[str, Any]) -> Any:
             "２０２６-01-01T00:00:00Z", "2026-01-01T00:00:60Z", "0000-01-01T00:00:00Z",
         ]))
         candidates = [p for p in paths if p[-1] in ("created", "at", "first_seen", "expires",
-                                                    "valid_from", "valid_until")]
+                                                    "valid_from", "valid_until")] or [["created"]]
         _set_path(d, draw(st.sampled_from(candidates)), bad)
     elif kind == "labels_many":
         d["labels"] = [f"ns:v{i}" for i in range(draw(st.integers(32, 34)))]
@@ -609,3 +650,161 @@ def test_public_names_are_exported() -> None:
     for name in ("scan_record", "view_to_record", "EntryView", "RevocationView",
                  "AttestationView", "MembershipView", "RecordView"):
         assert getattr(protocol, name) is getattr(scan, name)
+
+
+# ---- every rule, one bad value each -----------------------------------------------------------
+
+_RID = "0123456789abcdef0123456789abcdef"
+_HOP = {"org": "b.example", "origin": "hashfed.b.example/csam", "record": _RID,
+        "at": "2026-01-01T00:00:00Z"}
+_BASES: dict[str, dict[str, Any]] = {
+    "entry": _valid_entry(
+        expires="2027-01-01T00:00:00Z",
+        vetting={"status": "confirmed", "reviews": 2, "standard": "two",
+                 "at": "2026-01-01T00:00:00Z"},
+        provenance={"org": "a.example", "node": "hashfed.a.example/csam", "record": _RID,
+                    "first_seen": "2026-01-01T00:00:00Z", "source_ref": "case 1",
+                    "chain": [_HOP]},
+    ),
+    "revocation": {
+        "type": "revocation", "id": _RID, "author": "a.example",
+        "created": "2026-01-02T03:04:05Z", "nonce": _RID, "target": _RID,
+        "target_hash": {"type": "md5", "value": "0" * 32}, "role": "author",
+        "reason": "other", "text": "why",
+    },
+    "attestation": {
+        "type": "attestation", "id": _RID, "author": "b.example",
+        "created": "2026-01-02T03:04:05Z", "nonce": _RID, "target": _RID,
+        "target_origin": "hashfed.a.example/csam",
+        "target_hash": {"type": "vpdq", "value": "0" * 64 + ":100"}, "opinion": "sighting",
+        "count": 3, "reason": "seen",
+    },
+    "membership": {
+        "type": "membership", "id": _RID, "author": "coord.example",
+        "created": "2026-01-02T03:04:05Z", "nonce": _RID, "action": "admit",
+        "member": "m.example", "name": "M", "node_url": "https://m.example",
+        "vkeys": ["m.example+0a0b0c0d+AQIDBA=="], "roles": ["publisher", "witness"],
+        "valid_from": "2026-01-01T00:00:00Z", "valid_until": "2027-01-01T00:00:00Z",
+        "reason": "ok",
+    },
+}
+# with their defaults filled in, as canonical bytes always carry them
+_BASES = {
+    kind: record_from_dict(d).model_dump(mode="json", exclude_none=True)
+    for kind, d in _BASES.items()
+}
+_BAD_ORGS = ["A.example", "-a", "a" * 65, "", "a b", "é", "a/b"]
+_BAD_TIMES = ["2026-02-30T00:00:00Z", "2026-01-01T00:00:00z", "2026-01-01 00:00:00Z", ""]
+_BAD_HEX = ["0" * 31, "0" * 33, "G" * 32, "A" * 32, " " + "0" * 31, "0" * 30 + "é0"]
+_BAD_ORIGINS = ["Hashfed.example", "a.example/", "a.example//x", "-", "a.example/é", "a b"]
+_BAD_TEXTS = ["", "a\x00", "a\x1fb", "a\x7fb", "a\u2028b", "a\u2029b"]
+
+
+def _cases() -> list[tuple[str, dict[str, Any]]]:
+    """(kind, {dotted path: new value}) pairs that each break exactly one rule of records.py."""
+    c: list[tuple[str, dict[str, Any]]] = []
+    for kind in _BASES:
+        c += [(kind, {"author": v}) for v in _BAD_ORGS]
+        c += [(kind, {"created": v}) for v in _BAD_TIMES]
+        c += [(kind, {"id": v}) for v in _BAD_HEX] + [(kind, {"nonce": v}) for v in _BAD_HEX]
+        c += [(kind, {"v": 2}), (kind, {"type": "Entry"})]
+    c += [("entry", {"media": "video"}), ("entry", {"generated": "maybe"})]
+    c += [("entry", {"hash": h}) for h in (
+        {"type": "md5", "value": "0" * 32, "quality": 5}, {"type": "pdq", "value": "0" * 64},
+        {"type": "pdq", "value": "0" * 64, "quality": 101},
+        {"type": "pdq", "value": "0" * 64, "quality": -1},
+        {"type": "pdq", "value": "0" * 63, "quality": 1},
+        {"type": "pdq", "value": "0" * 65, "quality": 1},
+        {"type": "pdq", "value": "0" * 62, "quality": 1},
+        {"type": "pdq", "value": "0" * 66, "quality": 1},
+        {"type": "md5", "value": "0" * 34},
+        {"type": "pdq", "value": "A" * 64, "quality": 1},
+        {"type": "PDQ", "value": "0" * 64, "quality": 1},
+        {"type": "sha512", "value": "0" * 128},
+    )]
+    c += [("entry", {"media": "video", "hash": h}) for h in (
+        {"type": "vpdq", "value": "0" * 64 + ":101"}, {"type": "vpdq", "value": "0" * 64},
+        {"type": "vpdq", "value": "0" * 64 + ":1,"}, {"type": "vpdq", "value": "0" * 63 + ":1"},
+        {"type": "vpdq", "value": ",".join(["0" * 64 + ":1"] * 101)},
+        {"type": "tmk_pdqf", "value": "0" * 2047 + "G"},
+    )]
+    c += [("entry", {"labels": v}) for v in (
+        ["ic:A3"], ["IC:A1"], ["a:b c"], ["a" * 33 + ":y"], ["a:" + "x" * 65], ["nolabel"],
+        ["ns:-x"], ["é:x"], ["ic:A1", "ic:A1"], [f"ns:v{i}" for i in range(33)],
+    )]
+    c += [("entry", {"vetting.reviews": 0}), ("entry", {"vetting.reviews": 1001}),
+          ("entry", {"vetting.status": "unconfirmed", "vetting.reviews": -1}),
+          ("entry", {"vetting.standard": "x" * 65}), ("entry", {"vetting.status": "maybe"})]
+    c += [("entry", {"vetting.standard": v}) for v in _BAD_TEXTS]
+    c += [("entry", {"vetting.at": v}) for v in _BAD_TIMES]
+    c += [("entry", {"expires": v}) for v in _BAD_TIMES]
+    c += [("entry", {"provenance.org": v}) for v in _BAD_ORGS]
+    c += [("entry", {"provenance.node": v}) for v in _BAD_ORIGINS]
+    c += [("entry", {"provenance.record": v}) for v in _BAD_HEX]
+    c += [("entry", {"provenance.first_seen": v}) for v in _BAD_TIMES]
+    c += [("entry", {"provenance.source_ref": v}) for v in [*_BAD_TEXTS, "x" * 257]]
+    c += [("entry", {"provenance.chain": [_HOP] * 17})]
+    c += [("entry", {"provenance.chain": [{**_HOP, key: v}]})
+          for key, bad in (("org", _BAD_ORGS), ("origin", _BAD_ORIGINS), ("record", _BAD_HEX),
+                           ("at", _BAD_TIMES)) for v in bad]
+    c += [("revocation", {"text": v}) for v in [*_BAD_TEXTS, "x" * 1025]]
+    c += [("revocation", {"target": v}) for v in _BAD_HEX]
+    c += [("revocation", {"reason": "other", "text": None}), ("revocation", {"role": "x"}),
+          ("revocation", {"reason": "boredom"})]
+    c += [("revocation", {"target_hash": h}) for h in (
+        {"type": "md5", "value": "0" * 31}, {"type": "md5", "value": "0" * 33},
+        {"type": "md5", "value": "0" * 31 + "A"}, {"type": "pdq", "value": "0" * 64 + "0"},
+        {"type": "vpdq", "value": "0" * 64 + ":101"}, {"type": "x", "value": "0" * 32},
+        {"type": "pdq", "value": "0" * 64, "quality": 1},
+    )]
+    c += [("attestation", {"reason": v}) for v in _BAD_TEXTS]
+    c += [("attestation", {"target": v}) for v in _BAD_HEX]
+    c += [("attestation", {"target_origin": v}) for v in _BAD_ORIGINS]
+    c += [("attestation", {"target_hash.value": "0" * 64 + ":1x"})]
+    c += [("attestation", {"count": v}) for v in (0, 2**53, None)]
+    c += [("attestation", {"opinion": "agree"}), ("attestation", {"opinion": "maybe"}),
+          ("attestation", {"opinion": "disagree", "count": None, "reason": None})]
+    c += [("membership", {"member": v}) for v in _BAD_ORGS]
+    c += [("membership", {"name": v}) for v in _BAD_TEXTS]
+    c += [("membership", {"reason": v}) for v in _BAD_TEXTS]
+    c += [("membership", {"valid_from": v}) for v in _BAD_TIMES]
+    c += [("membership", {"valid_until": v}) for v in _BAD_TIMES]
+    c += [("membership", {"node_url": v}) for v in (
+        "ftp://m.example", "https://", "https://a b", "https://a\x00", "http://" + "a" * 251,
+    )]
+    c += [("membership", {"vkeys": [v]}) for v in (
+        "m.example+0a0b0c0d", "m.example+0A0B0C0D+AQIDBA==", "m example+0a0b0c0d+AQIDBA==",
+        "m.example+0a0b0c0d+AQ", "m.example+0a0b0c0d+AQIDBA===", "m.example+0a0b0c+AQIDBA==",
+        "m.example+0a0b0c0d+AQI-BA==", "+0a0b0c0d+AQIDBA==", "a+b+0a0b0c0d+AQIDBA==",
+    )]
+    c += [("membership", {"vkeys": ["m.example+0a0b0c0d+AQIDBA=="] * 9}),
+          ("membership", {"roles": ["publisher", "publisher"]}),
+          ("membership", {"roles": ["publisher", "x"]}),
+          ("membership", {"valid_until": "2026-01-01T00:00:00Z"}),
+          ("membership", {"valid_until": "2025-01-01T00:00:00Z"}),
+          ("membership", {"action": "rotate", "vkeys": []}),
+          ("membership", {"action": "fire"})]
+    c += [("membership", {field: None}) for field in ("name", "node_url", "valid_from")]
+    c += [("membership", {field: []}) for field in ("vkeys", "roles")]
+    return c
+
+
+@pytest.mark.parametrize(("kind", "changes"), _cases())
+def test_each_rule_is_enforced_by_the_fast_path(kind: str, changes: dict[str, Any]) -> None:
+    d = json.loads(json.dumps(_BASES[kind]))
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        target = d
+        for key in parents:
+            target = target[key]
+        if value is None:
+            target.pop(last, None)
+        else:
+            target[last] = value
+    # sort_keys: the same bytes as RFC 8785 here (ASCII keys), also for integers beyond 2^53
+    data = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert scan._fast_scan(canonicalize_reference(_BASES[kind])) is not None
+    with pytest.raises(FormatError):
+        decode_record(data)
+    assert scan._fast_scan(data) is None
+    assert_agree(data)
