@@ -374,7 +374,8 @@ def test_serve_refuses_outdated_schema_until_db_upgrade(
 def test_publish_is_chunked(
     sqlite_node: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run: InProcess
 ) -> None:
-    """Pass 2 never hands more than PUBLISH_CHUNK entries at once (bounded memory)."""
+    """Pass 2 of a direct import never hands more than IMPORT_CHUNK entries at once (bounded
+    memory)."""
     sizes: list[int] = []
     real = Sequencer.append
 
@@ -382,7 +383,7 @@ def test_publish_is_chunked(
         sizes.append(len(items))
         return await real(self, set_name, items)
 
-    monkeypatch.setattr(cli, "PUBLISH_CHUNK", 7)
+    monkeypatch.setattr(cli, "IMPORT_CHUNK", 7)
     monkeypatch.setattr(Sequencer, "append", spy)
     src = tmp_path / "b.jsonl"
     src.write_bytes(jsonl(sha256s(50)))

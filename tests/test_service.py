@@ -15,6 +15,7 @@ from node.bulkinput import entry_input
 from node.config import create_data_dir
 from node.errors import BadRequest, Conflict, NotFound
 from node.service import NodeService
+from node.storage import hash_key
 from node.storage.sql import SqlStore
 from protocol import merkle
 from protocol.checkpoint import verify_checkpoint
@@ -86,7 +87,9 @@ def test_built_entry_bytes_are_its_canonical_encoding(
     svc = NodeService.__new__(NodeService)  # build_entry needs only the config
     svc.cfg = type("Cfg", (), {"org": "org.example"})()
     prepared = svc.build_entry(entry_input(raw), "node.example/set", "2026-11-26T00:00:00Z")
-    assert decode_record(prepared.data) == prepared.record
+    record = decode_record(prepared.data)
+    assert isinstance(record, Entry) and prepared.record.id == record.id
+    assert prepared.hash_key == hash_key(record.hash.type, record.hash.value)
     assert prepared.leaf_hash == merkle.leaf_hash(prepared.data)
 
 

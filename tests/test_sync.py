@@ -21,6 +21,7 @@ import pytest
 from nodeutil import RunningNode, make_node_dir, running_node
 
 from node.errors import Conflict, NotFound, SetupError
+from node.federation import sync as sync_module
 from node.federation.fetch import PeerClient, PeerError
 from node.federation.push import run_subscriptions
 from node.federation.sync import (
@@ -164,8 +165,10 @@ class _StallingPeer(PeerClient):
 
 
 async def test_a_cancelled_sync_resumes_without_gaps_or_duplicates(
-    tmp_path: Path, node_a: RunningNode
+    tmp_path: Path, node_a: RunningNode, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # one bundle per append transaction, so that a cancel can land between two of them
+    monkeypatch.setattr(sync_module, "BATCH_RECORDS", 256)
     await publish(node_a, 700)
     await wait_checkpoint(node_a, 700)
     async with node_service(tmp_path / "b") as b:
@@ -173,6 +176,11 @@ async def test_a_cancelled_sync_resumes_without_gaps_or_duplicates(
         async with _StallingPeer(node_a.url, stall_at=2) as peer:
             task = asyncio.create_task(sync_once(b, MIRROR, peer=peer))
             await asyncio.wait_for(peer.stalled.wait(), WAIT)
+            # bundles 0 and 1 were fetched ahead of the stall; wait until both are written
+            for _ in range(200):
+                if (await b.store.get_set(MIRROR, kind="mirror")).size == 512:
+                    break
+                await asyncio.sleep(0.02)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task

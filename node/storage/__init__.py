@@ -30,6 +30,7 @@ from typing import Literal, Protocol
 
 from protocol.merkle import leaf_hash
 from protocol.records import Attestation, Entry, Membership, Revocation, encode_record
+from protocol.scan import EntryView, RecordView
 from protocol.tiles import TileRef
 
 AnyRecord = Entry | Revocation | Attestation | Membership
@@ -65,38 +66,66 @@ class SetInfo:
     reshare_policy: str | None = None
 
 
-@dataclass(frozen=True)
-class PreparedRecord:
-    """A validated record with everything the append transaction needs, computed outside it."""
+@dataclass(frozen=True, slots=True)
+class EntryRef:
+    """All the append transaction reads of an entry whose bytes were validated moments ago.
 
-    record: AnyRecord
+    Bulk paths (a direct import, a mirror's sync) keep tens of thousands of entries in one
+    transaction; a model or view per entry would cost ~1.3 KB each, this costs a few dozen bytes.
+    """
+
+    id: str
+    type: Literal["entry"] = "entry"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedRecord:
+    """A validated record with everything the append transaction needs, computed outside it.
+
+    ``record`` is the pydantic model, a :mod:`protocol.scan` view of the very same bytes (same
+    attribute names), or for an entry on a bulk path just its :class:`EntryRef`.
+    """
+
+    record: AnyRecord | RecordView | EntryRef
     data: bytes
     leaf_hash: bytes
     hash_key: bytes | None
 
     @classmethod
-    def of(cls, record: AnyRecord, data: bytes | None = None) -> PreparedRecord:
-        data = encode_record(record) if data is None else data
-        key = hash_key(record.hash.type, record.hash.value) if isinstance(record, Entry) else None
+    def of(cls, record: AnyRecord | RecordView, data: bytes | None = None) -> PreparedRecord:
+        if data is None:
+            if not isinstance(record, Entry | Revocation | Attestation | Membership):
+                raise TypeError("a record view comes with its bytes")
+            data = encode_record(record)
+        key = (
+            hash_key(record.hash.type, record.hash.value)
+            if isinstance(record, Entry | EntryView)
+            else None
+        )
         return cls(record=record, data=data, leaf_hash=leaf_hash(data), hash_key=key)
+
+    @classmethod
+    def bulk(cls, record: RecordView, data: bytes) -> PreparedRecord:
+        """Like :meth:`of` for a view of ``data``, keeping only an EntryRef of an entry."""
+        if isinstance(record, EntryView):
+            return cls(
+                record=EntryRef(record.id),
+                data=data,
+                leaf_hash=leaf_hash(data),
+                hash_key=hash_key(record.hash.type, record.hash.value),
+            )
+        return cls.of(record, data)
 
 
 def spooled_entry(record_id: str, data: bytes, key: bytes) -> PreparedRecord:
     """A PreparedRecord for an entry this process built and validated moments ago.
 
-    Only for the CLI's two-pass import: pass 1 builds and validates every entry (Entry model) and
-    spools its canonical bytes to a private temporary file; pass 2 appends them without paying for
-    validation again. The model is constructed without validation and carries only what the
-    append transaction reads (id, type); the bytes stored are the validated ones.
+    Only for the CLI's two-pass import: pass 1 builds and validates every entry and spools its
+    canonical bytes to a private temporary file; pass 2 appends them without paying for
+    validation again.
     """
-    # Not model_construct: it resolves every default and costs as much as validating. The shell
-    # is an Entry (isinstance holds) whose only attributes are the two the append reads.
-    shell = Entry.__new__(Entry)
-    object.__setattr__(shell, "__dict__", {"id": record_id, "type": "entry"})
-    object.__setattr__(shell, "__pydantic_fields_set__", {"id", "type"})
-    object.__setattr__(shell, "__pydantic_extra__", None)
-    object.__setattr__(shell, "__pydantic_private__", None)
-    return PreparedRecord(record=shell, data=data, leaf_hash=leaf_hash(data), hash_key=key)
+    return PreparedRecord(record=EntryRef(record_id), data=data, leaf_hash=leaf_hash(data),
+                          hash_key=key)
 
 
 @dataclass(frozen=True)
