@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 from typing import Any
 
 import pytest
@@ -291,3 +292,17 @@ def test_property_entries_round_trip(
 def test_property_decode_never_raises_foreign_errors(data: bytes) -> None:
     with contextlib.suppress(FormatError):
         decode_record(data)
+
+
+def test_record_ids_are_time_ordered_with_80_random_bits() -> None:
+    """UUIDv7-like ids (SPEC "Common members"): 48-bit milliseconds, then 80 random bits."""
+    t = 1_764_000_000.123
+    a, b = new_record_id(t), new_record_id(t + 0.001)
+    for rid in (a, b, new_record_id()):
+        assert re.fullmatch(r"[0-9a-f]{32}", rid)
+    assert a[:12] == f"{1_764_000_000_123:012x}" and a < b
+    same_ms = {new_record_id(t) for _ in range(1000)}
+    assert len(same_ms) == 1000 and {r[:12] for r in same_ms} == {a[:12]}
+    # sorted by creation across milliseconds, which is what keeps id indexes append-mostly
+    ids = [new_record_id(t + i / 1000) for i in range(100)]
+    assert ids == sorted(ids)
