@@ -33,17 +33,21 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
+import itertools
 import json
 import multiprocessing
 import os
 import sys
+import traceback
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
 
-from protocol import tiles
+from protocol import merkle, tiles
 from protocol.checkpoint import Checkpoint
 from protocol.errors import (
     FormatError,
@@ -60,9 +64,9 @@ from protocol.records import Entry, Membership, parse_timestamp
 from protocol.tiles import TILE_WIDTH, TileRef
 from protocol.verify import (
     AuditSummary,
-    DecodedBundle,
     LogAuditor,
-    decode_bundle,
+    ScannedBundle,
+    scan_bundle,
     verify_checkpoint_note,
     verify_consistency_of,
     verify_record,
@@ -73,6 +77,7 @@ __all__ = ["ExportAuditSummary", "audit_directory", "main"]
 # Leaf hashes handed to tiles.update_tiles at once: 64 bundles, 512 KiB of hashes. Large enough
 # that the per-call overhead vanishes, small enough to keep the audit's memory flat.
 _BATCH_LEAVES = 64 * TILE_WIDTH
+_FULL_TILE_BYTES = TILE_WIDTH * merkle.HASH_SIZE
 
 _Position = tuple[bool, int, int]  # (is_entries, level, n)
 
@@ -224,6 +229,14 @@ class _Export:
 
         The position is then forgotten: whatever is still stored at the end was never checked.
         """
+        main_ref, stale_refs = self.locate_position(ref)
+        what = "entry bundle" if ref.is_entries else "hash tile"
+        data = _read(self.path(main_ref), what)
+        return main_ref, data, [(r, _read(self.path(r), what)) for r in stale_refs]
+
+    def locate_position(self, ref: TileRef) -> tuple[TileRef, list[TileRef]]:
+        """:meth:`read_position` without reading: the refs of the file to use and the stale ones
+        (so that a worker process can read the file)."""
         widths = self.stored.pop((ref.is_entries, ref.level, ref.n), [])
         what = "entry bundle" if ref.is_entries else "hash tile"
         usable = [w for w in widths if w >= ref.width]
@@ -235,16 +248,11 @@ class _Export:
             )
             raise FormatError(f"{what} {ref.path()} is missing{have}", field=ref.path())
         main_ref = TileRef(ref.level, ref.n, usable[0], ref.is_entries)
-        data = _read(self.path(main_ref), what)
         # Wider files beyond the one used cover leaves after the checkpoint: nothing signs them.
         for w in usable[1:]:
             self.stored.setdefault((ref.is_entries, ref.level, ref.n), []).append(w)
-        stale = []
-        for w in widths:
-            if w < ref.width:
-                stale_ref = TileRef(ref.level, ref.n, w, ref.is_entries)
-                stale.append((stale_ref, _read(self.path(stale_ref), what)))
-        return main_ref, data, stale
+        stale = [TileRef(ref.level, ref.n, w, ref.is_entries) for w in widths if w < ref.width]
+        return main_ref, stale
 
     def unverified(self) -> tuple[str, ...]:
         return tuple(
@@ -272,39 +280,63 @@ class _Export:
 
 
 class _TileChecker:
-    """Recomputes the hash tiles batch by batch and compares them with the stored files.
+    """Recomputes the hash tiles bundle by bundle and compares them with the stored files.
 
     A mismatch is remembered, not raised at once: until the root has been compared with the
     signed checkpoint it is unknown whether the tile or the entries were altered.
+
+    Each bundle arrives as its level-0 tile (its leaf hashes, concatenated) and, when full, its
+    subtree hash, which is the next level's entry: the levels above are the tiles of the tree
+    whose leaves are the full bundles' subtree hashes, one tile level lower (tile L of the log
+    holds hashes at height 8L, tile L-1 of that tree the same hashes at height 8(L-1) above
+    height 8). So the tree work here is per bundle, not per leaf.
     """
 
     def __init__(self, export: _Export) -> None:
         self.export = export
         self.size = 0
-        self.edge: dict[TileRef, bytes] = {}
+        #: the level-0 tile of a partial last bundle (only the last one may be partial)
+        self.partial = b""
+        #: the right-edge tiles of the tree of full bundles' subtree hashes (levels shifted by 1)
+        self.upper_edge: dict[TileRef, bytes] = {}
         self.checked = 0
         self.first_mismatch: tuple[TileRef, str] | None = None
         # A stale partial entry bundle that differs; kept apart because the hash tiles point at
         # the exact leaf, so they make the better hint when the root does not match.
         self.bundle_mismatch: tuple[TileRef, str] | None = None
 
-    def add(self, leaf_hashes: list[bytes]) -> None:
-        if not leaf_hashes:
+    def add(self, bundles: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """Add bundles in order: (leaf hashes concatenated, subtree hash if known, else None)."""
+        roots: list[bytes] = []
+        for hashes, subtree in bundles:
+            n = self.size >> tiles.TILE_HEIGHT
+            self.size += len(hashes) // merkle.HASH_SIZE
+            if len(hashes) == _FULL_TILE_BYTES:
+                self._check(TileRef(0, n, TILE_WIDTH), hashes)
+                roots.append(
+                    subtree if subtree is not None else merkle.root_from_concatenated_hashes(hashes)
+                )
+            else:
+                self.partial = hashes
+        if not roots:
             return
-        out = tiles.update_tiles(self.size, self.edge, leaf_hashes)
-        self.size += len(leaf_hashes)
-        self.edge = {
-            ref: out[ref] if ref in out else self.edge[ref]
-            for ref in tiles.right_edge_tiles(self.size)
+        upper_size = self.size >> tiles.TILE_HEIGHT
+        out = tiles.update_tiles(upper_size - len(roots), self.upper_edge, roots)
+        self.upper_edge = {
+            ref: out[ref] if ref in out else self.upper_edge[ref]
+            for ref in tiles.right_edge_tiles(upper_size)
         }
         for ref, data in out.items():
             if ref.is_full:
-                self._check(ref, data)
+                self._check(TileRef(ref.level + 1, ref.n, TILE_WIDTH), data)
 
     def finish(self) -> None:
         """Check the right-edge (partial) tiles, which exist only at the final size."""
-        for ref, data in self.edge.items():
-            self._check(ref, data)
+        for ref in tiles.right_edge_tiles(self.size):
+            if ref.level == 0:
+                self._check(ref, self.partial)
+            else:
+                self._check(ref, self.upper_edge[TileRef(ref.level - 1, ref.n, ref.width)])
 
     def _check(self, ref: TileRef, data: bytes) -> None:
         used, stored, stale = self.export.read_position(ref)
@@ -347,19 +379,26 @@ def _bundles(
             entries = tiles.decode_entry_bundle(data, used.width)
         except FormatError as e:
             raise FormatError(f"entry bundle {used.path()}: {e.message}", field=used.path()) from e
-        for stale_ref, stale_data in stale:
-            try:
-                tiles.decode_entry_bundle(stale_data, stale_ref.width)
-            except FormatError as e:
-                raise FormatError(
-                    f"entry bundle {stale_ref.path()}: {e.message}", field=stale_ref.path()
-                ) from e
-            if stale_data != data[: len(stale_data)] and checker.bundle_mismatch is None:
-                checker.bundle_mismatch = (
-                    stale_ref,
-                    f"its entries, which are not the first {stale_ref.width} of {used.path()}",
-                )
+        _check_stale_bundles(checker, used, data, stale)
         yield used, entries[: ref.width]
+
+
+def _check_stale_bundles(
+    checker: _TileChecker, used: TileRef, data: bytes, stale: list[tuple[TileRef, bytes]]
+) -> None:
+    """Stale partial bundles must decode and be byte prefixes of the bundle ``used``."""
+    for stale_ref, stale_data in stale:
+        try:
+            tiles.decode_entry_bundle(stale_data, stale_ref.width)
+        except FormatError as e:
+            raise FormatError(
+                f"entry bundle {stale_ref.path()}: {e.message}", field=stale_ref.path()
+            ) from e
+        if stale_data != data[: len(stale_data)] and checker.bundle_mismatch is None:
+            checker.bundle_mismatch = (
+                stale_ref,
+                f"its entries, which are not the first {stale_ref.width} of {used.path()}",
+            )
 
 
 def _check_older(
@@ -637,32 +676,147 @@ class _Members:
                 )
 
 
-def _decoded(
-    bundles: Iterator[tuple[TileRef, list[bytes]]], size: int, workers: int | None
-) -> Iterator[tuple[TileRef, list[bytes], DecodedBundle]]:
-    """Each bundle with its records decoded, by worker processes for large logs.
+#: what a worker needs to scan one entry bundle: the file's path, the file's width, the leaves
+#: wanted from it, the first leaf's index, whether to return the leaves, whether the file's bytes
+_Task = tuple[str, int, int, int, bool, bool]
+#: a scanned bundle: (message, field) of a FormatError about the file, or None; the scan; the
+#: leaves and the file's bytes if asked for
+_Scan = tuple[tuple[str, str | None] | None, ScannedBundle | None, list[bytes] | None, bytes | None]
+#: bundles per message to a worker, and messages in flight per worker: enough that a worker
+#: never waits for the parent, few enough that memory stays flat (a scan is about 20 KB)
+_CHUNK = 2
+_DEPTH = 4
 
-    Record validation is nearly all of an audit's time and needs nothing but the leaf bytes, so
-    it is spread over processes; the log-level rules (ids, revocations, counts) stay in order in
-    this one. At most a few bundles per worker are in flight, so memory stays flat.
+
+def _scan_file(task: _Task) -> _Scan:
+    """Read, split and scan one entry bundle: the part of an audit that needs no other bundle.
+
+    Only the file name crosses to a worker and only the condensed scan comes back: copying the
+    leaves between processes would cost the parent more than scanning them costs a worker.
+    """
+    path, width, count, first, want_leaves, want_data = task
+    try:
+        data = _read(Path(path), "entry bundle")
+    except FormatError as e:
+        return (e.message, e.field), None, None, None
+    try:
+        entries = tiles.decode_entry_bundle(data, width)[:count]
+    except FormatError as e:
+        name = TileRef(0, first // TILE_WIDTH, width, is_entries=True).path()
+        return (f"entry bundle {name}: {e.message}", name), None, None, None
+    return (
+        None,
+        scan_bundle(entries, first),
+        entries if want_leaves else None,
+        data if want_data else None,
+    )
+
+
+def _worker(conn: Connection) -> None:
+    """A worker process: scan each batch of bundles the parent sends, until it sends None."""
+    try:
+        while (tasks := conn.recv()) is not None:
+            try:
+                conn.send([_scan_file(t) for t in tasks])
+            except (BrokenPipeError, ConnectionResetError):
+                raise
+            except Exception:  # a bug, not bad data: hand the parent the traceback
+                conn.send(RuntimeError(traceback.format_exc()))
+    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
+        pass  # the parent stopped early (a failed audit): nothing is waiting for the results
+
+
+_Meta = tuple[TileRef, TileRef, list[TileRef]]  # (wanted ref, file used, stale narrower files)
+
+
+def _scans(
+    tasks: Iterator[tuple[_Task, _Meta]], size: int, workers: int | None
+) -> Generator[tuple[_Meta, _Scan], None, None]:
+    """Each bundle's scan, in order, from worker processes for large logs.
+
+    Record validation and hashing are nearly all of an audit's time and need nothing but one
+    bundle, so they are spread over processes; the log-level rules stay in order in this one.
+    Bundles go round-robin to the workers, at most _DEPTH messages each in flight, and come back
+    in order. An error while listing the bundles (a missing file) is raised in its place, after
+    the bundles before it: errors come in index order, however far the workers run ahead.
     """
     n = workers if workers is not None else min(os.cpu_count() or 1, 4)
     if n <= 1 or size < _PARALLEL_MIN_LEAVES:
-        for ref, entries in bundles:
-            yield ref, entries, decode_bundle(entries)
+        for task, meta in tasks:
+            yield meta, _scan_file(task)
         return
-    window: deque[tuple[TileRef, list[bytes], Any]] = deque()
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                      else None)
-    with ctx.Pool(n) as pool:
-        for ref, entries in bundles:
-            window.append((ref, entries, pool.apply_async(decode_bundle, (entries,))))
-            if len(window) >= 4 * n:
-                ref0, entries0, result = window.popleft()
-                yield ref0, entries0, result.get()
-        while window:
-            ref0, entries0, result = window.popleft()
-            yield ref0, entries0, result.get()
+    ctx = (
+        multiprocessing.get_context("fork")
+        if "fork" in multiprocessing.get_all_start_methods()
+        else multiprocessing.get_context("spawn")
+    )
+    conns: list[Connection] = []
+    procs: list[BaseProcess] = []
+    try:
+        for _ in range(n):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(theirs,), daemon=True)
+            proc.start()
+            theirs.close()
+            conns.append(mine)
+            procs.append(proc)
+        inflight: deque[tuple[int, list[_Meta]]] = deque()
+        error: ProtocolError | None = None
+        sent = 0
+
+        def submit() -> None:
+            nonlocal error, sent
+            batch: list[tuple[_Task, _Meta]] = []
+            if error is None:
+                try:
+                    batch.extend(itertools.islice(tasks, _CHUNK))
+                except ProtocolError as e:
+                    error = e
+            if batch:
+                conns[sent % n].send([task for task, _meta in batch])
+                inflight.append((sent % n, [meta for _task, meta in batch]))
+                sent += 1
+
+        for _ in range(n * _DEPTH):
+            submit()
+        while inflight:
+            w, metas = inflight.popleft()
+            results = conns[w].recv()
+            if isinstance(results, BaseException):
+                raise results
+            submit()
+            yield from zip(metas, results, strict=True)
+        if error is not None:
+            raise error
+        for conn in conns:
+            conn.send(None)
+    finally:
+        for conn in conns:
+            conn.close()
+        for worker in procs:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+
+
+def _bundle_tasks(
+    export: _Export, size: int, want_leaves: bool
+) -> Iterator[tuple[_Task, _Meta]]:
+    """The scan task of each entry bundle of a tree of ``size`` (see _bundles)."""
+    for n in range(-(-size // TILE_WIDTH)):
+        ref = tiles.tile_ref_at(0, n, size, is_entries=True)
+        used, stale = export.locate_position(ref)
+        task = (str(export.path(used)), used.width, ref.width, n * TILE_WIDTH, want_leaves,
+                bool(stale))
+        yield task, (ref, used, stale)
+
+
+def _reread(export: _Export, used: TileRef, count: int) -> Callable[[], list[bytes]]:
+    """The leaves of a bundle again, for the rare bundle whose per-leaf check must run here."""
+    return lambda: tiles.decode_entry_bundle(
+        _read(export.path(used), "entry bundle"), used.width
+    )[:count]
 
 
 def audit_directory(
@@ -721,21 +875,34 @@ def audit_directory(
     export = _Export(root)
     auditor = LogAuditor(cp.origin)
     checker = _TileChecker(export)
-    pending: list[bytes] = []
+    pending: list[tuple[bytes, bytes | None]] = []
+    pending_leaves = 0
     bundles = 0
-    for ref, entries, decoded in _decoded(_bundles(export, cp.size, checker), cp.size, workers):
-        bundles += 1
-        try:
-            pending.extend(auditor.add_decoded(decoded))
-            if receipts.active:
-                receipts.take(ref.n * TILE_WIDTH, entries)
-            if members is not None:
-                members.check(ref.n * TILE_WIDTH, entries)
-        except (FormatError, VerificationError) as e:
-            raise _with_context(e, f"(entry bundle {ref.path()})") from e
-        if len(pending) >= _BATCH_LEAVES:
-            checker.add(pending)
-            pending = []
+    want_leaves = receipts.active or members is not None
+    tasks = _bundle_tasks(export, cp.size, want_leaves)
+    with contextlib.closing(_scans(tasks, cp.size, workers)) as scans:
+        for (ref, used, stale), (error, scanned, entries, data) in scans:
+            if error is not None:
+                raise FormatError(error[0], field=error[1])
+            assert scanned is not None
+            if stale:
+                assert data is not None
+                stale_data = [(r, _read(export.path(r), "entry bundle")) for r in stale]
+                _check_stale_bundles(checker, used, data, stale_data)
+            bundles += 1
+            try:
+                hashes, subtree = auditor.add_scanned(scanned, _reread(export, used, ref.width))
+                if entries is not None and receipts.active:
+                    receipts.take(ref.n * TILE_WIDTH, entries)
+                if entries is not None and members is not None:
+                    members.check(ref.n * TILE_WIDTH, entries)
+            except (FormatError, VerificationError) as e:
+                raise _with_context(e, f"(entry bundle {used.path()})") from e
+            pending.append((hashes, subtree))
+            pending_leaves += ref.width
+            if pending_leaves >= _BATCH_LEAVES:
+                checker.add(pending)
+                pending, pending_leaves = [], 0
     checker.add(pending)
     checker.finish()
 

@@ -447,6 +447,36 @@ class CompactRange:
             # Leaves consumed before an error stay appended, so the range is always self-consistent.
             self._size = size
 
+    def append_subtree(self, level: int, subtree_hash: bytes) -> None:
+        """Append ``2**level`` leaves at once, given as the hash of their perfect subtree.
+
+        The range's size must be a multiple of ``2**level`` (the subtree is then a node of the
+        tree, aligned on its own width), so the result is exactly that of :meth:`extend` with the
+        subtree's leaves: an auditor that already hashed a full tile's leaves elsewhere folds one
+        hash instead of 256.
+        """
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level < 64:
+            raise FormatError("expected a subtree level between 0 and 63", field="level")
+        _check_hash(subtree_hash, "subtree_hash")
+        size = self._size
+        if size & ((1 << level) - 1):
+            raise FormatError(
+                f"a subtree of 2**{level} leaves cannot follow {size} leaves (not aligned)",
+                field="level",
+            )
+        if size + (1 << level) > _MAX_SIZE:
+            raise FormatError("compact range is full (2**64-1 leaves)")
+        hashes = self._hashes
+        h = bytes(subtree_hash)
+        n = size >> level
+        # The same carry as in extend, starting at the subtree's level: every stored hash is of a
+        # subtree at least as high, since the size is aligned.
+        while n & 1:
+            h = _sha256(_NODE_PREFIX + hashes.pop() + h).digest()
+            n >>= 1
+        hashes.append(h)
+        self._size = size + (1 << level)
+
     def root(self) -> bytes:
         """MTH of the ``size`` leaves appended so far."""
         return fold_right_edge(self._hashes)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocol import merkle
 from protocol.checkpoint import Checkpoint, CosignatureVerifier, verify_checkpoint
@@ -34,11 +35,14 @@ from protocol.errors import (
 from protocol.note import Verifier
 from protocol.records import Attestation, Entry, Membership, Revocation, decode_record
 from protocol.scan import EntryView, RevocationView, scan_record
+from protocol.tiles import TILE_WIDTH
 
 __all__ = [
     "AuditSummary",
     "LogAuditor",
+    "ScannedBundle",
     "check_fork",
+    "scan_bundle",
     "verify_checkpoint_note",
     "verify_consistency_of",
     "verify_inclusion_of",
@@ -257,6 +261,111 @@ def decode_bundle(entries: Sequence[bytes]) -> DecodedBundle:
     return facts, hashes, None
 
 
+#: entries get their author as a reference into a per-bundle table: 6 bytes of bundle number
+#: (index >> 8) and 1 byte of position, so a log may have 2**56 leaves
+_MAX_AUDIT_LEAVES = 1 << 56
+
+
+# Never written to: picklable empty defaults (a mappingproxy is not picklable).
+_NO_COUNTS: Mapping[str, int] = {}
+_NO_ENTRIES: Mapping[bytes, bytes] = {}
+
+
+class ScannedBundle(NamedTuple):
+    """One entry bundle's leaves, checked and condensed by :func:`scan_bundle` (picklable).
+
+    What :meth:`LogAuditor.add_scanned` needs to apply a whole bundle with a few C-level dict
+    and set operations instead of per-leaf Python: the point of scanning in worker processes is
+    that the process applying the log's rules in order must not become the bottleneck.
+    """
+
+    #: index of the bundle's first leaf (a multiple of 256)
+    first: int
+    #: the leaf hashes, concatenated (the bundle's level-0 hash tile)
+    leaf_hashes: bytes
+    #: MTH of the leaves when the bundle is full (the next tile level's entry), else None
+    subtree: bytes | None = None
+    #: entry id (16 bytes) -> its hash key (16 bytes) and author reference (7 bytes)
+    entries: Mapping[bytes, bytes] = _NO_ENTRIES
+    #: the entries' authors, in order of first use: what the author references point into
+    authors_table: tuple[str, ...] = ()
+    #: (offset in the bundle, author, details as in record_facts) of each revocation, in order
+    revocations: tuple[tuple[int, str, tuple[Any, ...]], ...] = ()
+    record_types: Mapping[str, int] = _NO_COUNTS
+    authors: Mapping[str, int] = _NO_COUNTS
+    hash_types: Mapping[str, int] = _NO_COUNTS
+    labels: Mapping[str, int] = _NO_COUNTS
+    reasons: Mapping[str, int] = _NO_COUNTS
+    #: set when the bundle must go through the per-leaf path (an invalid record, an id used twice
+    #: in the bundle, a revocation of a later or already revoked entry of the bundle): its facts,
+    #: so that the exact per-leaf error is raised without scanning again
+    slow: DecodedBundle | None = None
+
+
+def _author_ref(bundle: int, position: int) -> bytes:
+    return bundle.to_bytes(6, "big") + bytes((position,))
+
+
+def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
+    """Check the records of the bundle of leaves ``first``.. and condense them for the auditor.
+
+    A pure function of its input, so it can run in a worker process (see protocol.audit). The
+    checks that need only the bundle run here; what needs the log before it (ids, revocation
+    targets) runs in :meth:`LogAuditor.add_scanned`, in order. FormatError only for misuse (an
+    unaligned ``first``, more than 256 leaves): invalid records are reported through ``slow``.
+    """
+    if not isinstance(first, int) or first < 0 or first % TILE_WIDTH:
+        raise FormatError("a bundle starts at a multiple of 256", field="first")
+    if len(entries) > TILE_WIDTH or first + len(entries) > _MAX_AUDIT_LEAVES:
+        raise FormatError("a bundle holds at most 256 leaves, below 2**56", field="entries")
+    facts, hashes, error = decode_bundle(entries)
+    joined = b"".join(hashes)
+    if error is not None:
+        return ScannedBundle(first, joined, slow=(facts, hashes, error))
+    ids: dict[bytes, bytes] = {}
+    refs: dict[str, bytes] = {}
+    hash_types: list[str] = []
+    labels: list[str] = []
+    revocations: list[tuple[int, str, tuple[Any, ...]]] = []
+    bundle = first >> 8
+    fromhex = bytes.fromhex
+    for offset, (rtype, author, detail) in enumerate(facts):
+        if rtype == "entry":
+            ref = refs.get(author)
+            if ref is None:
+                ref = refs[author] = _author_ref(bundle, len(refs))
+            ids[fromhex(detail[0])] = detail[2] + ref
+            hash_types.append(detail[1])
+            labels.extend(detail[3])
+        elif rtype == "revocation":
+            revocations.append((offset, author, detail))
+    slow = ScannedBundle(first, joined, slow=(facts, hashes, None))
+    if len(ids) != len(hash_types):
+        return slow
+    if revocations:
+        at = {fromhex(f[2][0]): i for i, f in enumerate(facts) if f[0] == "entry"}
+        targets: set[bytes] = set()
+        for offset, _author, detail in revocations:
+            tid = fromhex(detail[1])
+            if at.get(tid, -1) > offset or tid in targets:
+                return slow
+            targets.add(tid)
+    subtree = merkle.root_from_concatenated_hashes(joined) if len(hashes) == TILE_WIDTH else None
+    return ScannedBundle(
+        first,
+        joined,
+        subtree,
+        ids,
+        tuple(refs),
+        tuple(revocations),
+        dict(Counter(map(itemgetter(0), facts))),
+        dict(Counter(map(itemgetter(1), facts))),
+        dict(Counter(hash_types)),
+        dict(Counter(labels)),
+        dict(Counter(d[6] for _o, _a, d in revocations)),
+    )
+
+
 class LogAuditor:
     """Streams one log's leaves in index order and checks them against a checkpoint at the end.
 
@@ -266,17 +375,19 @@ class LogAuditor:
     revoke it twice, and with ``role`` "author" must come from the entry's author.
 
     Memory: those revocation checks need every entry's id, so the auditor keeps, per entry, its
-    16-byte id mapped to a 16-byte digest of its hash and a 4-byte author number, plus the set of
-    revoked ids. In CPython that is about 200 bytes per entry (two small ``bytes`` objects and a
-    dict slot; measured: +44 MB peak for a 200,000-leaf audit), so about 200 MB per million
-    entries, plus about 80 MB per million revocations.
+    16-byte id mapped to a 16-byte digest of its hash and a 7-byte author reference (the entry's
+    bundle and the author's place in that bundle's list of authors), plus the set of revoked ids.
+    In CPython that is about 200 bytes per entry (two small ``bytes`` objects, which take the same
+    56 bytes for 20 to 23 bytes of data, and a dict slot; measured: +44 MB peak for a 200,000-leaf
+    audit), so about 200 MB per million entries, plus about 80 MB per million revocations, plus
+    one short list of authors per 256 leaves.
     Everything else (counts per type, reason, label, author) is bounded by the number of distinct
     values, not by the log size.
     """
 
     __slots__ = (
-        "_author_ids",
         "_authors",
+        "_bundle_authors",
         "_entries",
         "_hash_types",
         "_labels",
@@ -299,8 +410,10 @@ class LogAuditor:
         self._reasons: Counter[str] = Counter()
         self._labels: Counter[str] = Counter()
         self._authors: Counter[str] = Counter()
-        # Entries store their author as a small number: there are few organisations, many entries.
-        self._author_ids: dict[str, int] = {}
+        # Entries store their author as a reference into their bundle's list of authors (few
+        # organisations, many entries), so that a worker process can build the reference without
+        # knowing the rest of the log (see scan_bundle).
+        self._bundle_authors: dict[int, list[str]] = {}
 
     @property
     def origin(self) -> str:
@@ -371,6 +484,70 @@ class LogAuditor:
             raise self._invalid(cls(message, field=field_name), base + len(facts))
         return hashes
 
+    def add_scanned(
+        self, scanned: ScannedBundle, leaves: Callable[[], Sequence[bytes]]
+    ) -> tuple[bytes, bytes | None]:
+        """Add the leaves of one bundle scanned by :func:`scan_bundle`, which must start at the
+        auditor's size; return the leaf hashes used (concatenated) and their subtree hash if the
+        bundle is full and it was computed (else None).
+
+        The same checks and errors as :meth:`add_many` on the bundle's leaves. A bundle that
+        passes every check is applied at once; anything else (an invalid record, a duplicate id,
+        a revocation that fails or needs order within the bundle) goes through the per-leaf path
+        from the state before the bundle, with the facts from ``scanned`` or, if the failure
+        depends on earlier leaves, from scanning ``leaves()`` again, so the error is exactly
+        the per-leaf one.
+        """
+        if scanned.first != self._range.size:
+            raise FormatError(
+                f"bundle starts at leaf {scanned.first}, but {self._range.size} leaves were added",
+                field="first",
+            )
+        if scanned.slow is None and self._add_fast(scanned):
+            return scanned.leaf_hashes, scanned.subtree
+        decoded = scanned.slow if scanned.slow is not None else decode_bundle(leaves())
+        return b"".join(self.add_decoded(decoded)), None
+
+    def _add_fast(self, s: ScannedBundle) -> bool:
+        """Apply a clean bundle if every log-level check passes; False (nothing changed) if not."""
+        entries = self._entries
+        new = s.entries
+        if not entries.keys().isdisjoint(new):
+            return False
+        revoked: list[bytes] = []
+        for _offset, author, detail in s.revocations:
+            target, ref_key, role = detail[1], detail[4], detail[5]
+            tid = bytes.fromhex(target)
+            # An entry of this bundle is earlier than the revocation: scan_bundle checked that.
+            key = entries.get(tid) or new.get(tid)
+            if key is None or tid in self._revoked or key[:16] != ref_key:
+                return False
+            if role == "author" and self._author_of(key, s) != author:
+                return False
+            revoked.append(tid)
+        entries.update(new)
+        self._revoked.update(revoked)
+        if s.authors_table:
+            self._bundle_authors[s.first >> 8] = list(s.authors_table)
+        self._types.update(s.record_types)
+        self._authors.update(s.authors)
+        self._hash_types.update(s.hash_types)
+        self._labels.update(s.labels)
+        self._reasons.update(s.reasons)
+        hashes = s.leaf_hashes
+        if s.subtree is not None and len(hashes) == TILE_WIDTH * merkle.HASH_SIZE:
+            self._range.append_subtree(8, s.subtree)
+        else:
+            self._range.extend([hashes[i : i + 32] for i in range(0, len(hashes), 32)])
+        return True
+
+    def _author_of(self, key: bytes, pending: ScannedBundle | None = None) -> str:
+        """The author of the entry whose stored value is ``key`` (see _add_entry)."""
+        bundle = int.from_bytes(key[16:22], "big")
+        if pending is not None and bundle == pending.first >> 8:
+            return pending.authors_table[key[22]]
+        return self._bundle_authors[bundle][key[22]]
+
     def _apply(self, facts: RecordFacts, index: int) -> None:
         rtype, author, detail = facts
         if rtype == "entry":
@@ -389,8 +566,15 @@ class LogAuditor:
                 "earlier entry",
                 field=f"index {index}",
             )
-        author_no = self._author_ids.setdefault(author, len(self._author_ids))
-        self._entries[rid] = key + author_no.to_bytes(4)
+        if index >= _MAX_AUDIT_LEAVES:
+            raise FormatError("an audit holds at most 2**56 leaves", field=f"index {index}")
+        table = self._bundle_authors.setdefault(index >> 8, [])
+        try:
+            position = table.index(author)
+        except ValueError:
+            position = len(table)
+            table.append(author)
+        self._entries[rid] = key + _author_ref(index >> 8, position)
         self._hash_types[hash_type] += 1
         self._labels.update(labels)
 
@@ -416,7 +600,7 @@ class LogAuditor:
                 field=where,
             )
         # Only the entry's author may revoke in the "author" role; a coordinator may revoke any.
-        if role == "author" and self._author_ids.get(author) != int.from_bytes(key[16:]):
+        if role == "author" and self._author_of(key) != author:
             raise VerificationError(
                 f"{prefix} is in the author role, but {author} is not the author of entry "
                 f"{target}",

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from protocol import audit as audit_module
 from protocol import merkle, tiles
 from protocol.audit import ExportAuditSummary, audit_directory, main
 from protocol.checkpoint import Checkpoint, sign_checkpoint
@@ -131,8 +132,18 @@ def leaves() -> list[bytes]:
     return make_leaves(1000)
 
 
+@pytest.fixture(params=["in process", "workers"])
+def scan_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every audit below runs twice: bundles scanned in this process, and by worker processes
+    (which large logs use): the results and errors must be the same."""
+    if request.param == "workers":
+        monkeypatch.setattr(audit_module, "_PARALLEL_MIN_LEAVES", 0)
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    return str(request.param)
+
+
 @pytest.fixture
-def export(tmp_path: Path, leaves: list[bytes], signer: Signer) -> Path:
+def export(tmp_path: Path, leaves: list[bytes], signer: Signer, scan_mode: str) -> Path:
     root = tmp_path / "export"
     root.mkdir()
     write_export(root, leaves, signer, cuts=(100, 300, 700))
@@ -285,7 +296,7 @@ def test_unexpected_file(export: Path) -> None:
         audit_directory(export)
 
 
-def test_non_canonical_record(tmp_path: Path, signer: Signer) -> None:
+def test_non_canonical_record(tmp_path: Path, signer: Signer, scan_mode: str) -> None:
     leaves = make_leaves(300)
     leaves[270] = leaves[270].replace(b'{"', b'{ "', 1)  # still valid JSON, not canonical
     write_export(tmp_path, leaves, signer)
@@ -337,13 +348,49 @@ def test_older_checkpoint_from_another_key(export: Path, leaves: list[bytes]) ->
         audit_directory(export)
 
 
-def test_revocation_of_unknown_entry(tmp_path: Path, signer: Signer) -> None:
+def test_revocation_of_unknown_entry(tmp_path: Path, signer: Signer, scan_mode: str) -> None:
     leaves = make_leaves(20)
     leaves.append(revocation(new_record_id(), os.urandom(16).hex()))
     write_export(tmp_path, leaves, signer)
     with pytest.raises(VerificationError, match=r"leaf 20 .*not an earlier entry") as e:
         audit_directory(tmp_path)
     assert e.value.field == "index 20"
+
+
+def test_errors_come_in_index_order(export: Path) -> None:
+    # A bad record in bundle 1 and a missing bundle 3: workers run ahead, the report does not.
+    flip(export / "tile/entries/001", 2)
+    (export / "tile/entries/003.p/232").unlink()
+    with pytest.raises(FormatError, match=r"leaf 256 .*tile/entries/001") as e:
+        audit_directory(export)
+    assert e.value.field == "index 256"
+
+
+def test_duplicate_id_in_a_later_bundle(tmp_path: Path, signer: Signer, scan_mode: str) -> None:
+    leaves = make_leaves(600)
+    first = json.loads(leaves[5])
+    leaves[300] = entry(id=first["id"])  # bundle 1 repeats an id of bundle 0
+    write_export(tmp_path, leaves, signer)
+    with pytest.raises(VerificationError, match=rf"leaf 300 .*{first['id']} was already used"):
+        audit_directory(tmp_path)
+
+
+def test_author_role_checked_across_bundles(
+    tmp_path: Path, signer: Signer, scan_mode: str
+) -> None:
+    leaves = [entry(author="a.example") for _ in range(300)]
+    target = json.loads(leaves[7])
+    value = target["hash"]["value"]
+    leaves.append(revocation(target["id"], value, author="a.example"))  # fine: its author
+    leaves.extend(entry(author="b.example") for _ in range(3))
+    other = json.loads(leaves[8])
+    leaves.append(revocation(other["id"], other["hash"]["value"], author="b.example"))
+    write_export(tmp_path, leaves, signer)
+    with pytest.raises(VerificationError, match=r"leaf 304 .*author role, but b.example") as e:
+        audit_directory(tmp_path)
+    assert e.value.field == "index 304"
+    write_export(tmp_path, leaves[:304], signer)
+    assert audit_directory(tmp_path).revoked == 1
 
 
 # ---- command line -------------------------------------------------------------------------------

@@ -473,3 +473,54 @@ def test_ranges_decompose_into_nodes(seed: bytes, size: int, data: Any) -> None:
         nodes = merkle.range_nodes(a, b)
         hashes = [ref_mth(leaves[i << lvl : (i + 1) << lvl]) for lvl, i in nodes]
         assert merkle.fold_right_edge(hashes) == ref_mth(leaves[a:b])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=seeds,
+    level=st.integers(0, 6),
+    blocks=st.lists(st.integers(0, 6), max_size=6),
+    tail=st.integers(0, 5),
+)
+def test_append_subtree_equals_extend_with_its_leaves(
+    seed: bytes, level: int, blocks: list[int], tail: int
+) -> None:
+    # Aligned subtrees of varying heights (each at most as high as the size allows), then single
+    # leaves: the range, its hashes and its root are those of extending leaf by leaf.
+    total = sum(1 << b for b in blocks) + tail + (1 << level)
+    leaves = leaves_from_seed(seed, total)
+    by_leaf, by_subtree = merkle.CompactRange(), merkle.CompactRange()
+    pos = 0
+    for b in [level, *blocks]:
+        width = 1 << b
+        if pos % width:
+            by_subtree.extend(leaves[pos : pos + width])
+        else:
+            by_subtree.append_subtree(b, ref_mth(leaves[pos : pos + width]))
+        by_leaf.extend(leaves[pos : pos + width])
+        pos += width
+        assert by_subtree == by_leaf
+    by_subtree.extend(leaves[pos:])
+    by_leaf.extend(leaves[pos:])
+    assert by_subtree == by_leaf
+    assert by_subtree.root() == ref_mth(leaves)
+
+
+def test_append_subtree_rejects_unaligned_and_malformed_input() -> None:
+    cr = merkle.CompactRange()
+    cr.extend(REF_LEAVES[:3])
+    with pytest.raises(FormatError, match="not aligned"):
+        cr.append_subtree(1, SOME_HASH)
+    with pytest.raises(FormatError):
+        cr.append_subtree(0, b"short")
+    with pytest.raises(FormatError):
+        cr.append_subtree(-1, SOME_HASH)
+    with pytest.raises(FormatError):
+        cr.append_subtree(True, SOME_HASH)
+    assert cr.size == 3  # nothing was appended
+    cr.append_subtree(0, SOME_HASH)
+    cr.append_subtree(2, SOME_HASH)
+    assert cr.size == 8 and len(cr.hashes) == 1
+    full = merkle.CompactRange((1 << 64) - 2, [SOME_HASH] * 63)
+    with pytest.raises(FormatError, match="full"):
+        full.append_subtree(1, SOME_HASH)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from typing import Any
@@ -330,3 +331,101 @@ def test_verify_log_root_equals_reference(leaves: list[bytes]) -> None:
     s = verify_log(leaves, Checkpoint(ORIGIN, len(leaves), expected))
     assert s.root_hash == expected
     assert s.size == s.entries == len(leaves)
+
+
+# ---- scan_bundle + add_scanned: the audit's bundle path equals the per-leaf path --------------
+
+
+def _pool_for_bundles() -> list[bytes]:
+    """Entries of three authors, and revocations of some of them: right, by another author in
+    the author role, with another hash, and as coordinator."""
+    rng = random.Random(5)
+    entries = [make_entry(rng.choice(["a.example", "b.example", "c.example"]),
+                          rng.choice(["pdq", "md5"])) for _ in range(330)]
+    revocations = []
+    for target in entries[:: 6]:
+        revocations.append(make_revocation(target))
+    for target in entries[1:: 30]:
+        revocations.append(make_revocation(target, author="z.example", role="author"))
+        revocations.append(make_revocation(target, author="z.example", role="coordinator"))
+        other = verify_record(entries[0])
+        assert isinstance(other, Entry)
+        revocations.append(make_revocation(
+            target, target_hash={"type": other.hash.type, "value": other.hash.value}))
+    return entries + revocations
+
+
+_BUNDLE_POOL = _pool_for_bundles()
+_BAD_LEAF = make_entry().replace(b'{"', b'{ "', 1)
+
+
+def _outcome(add: Any, auditor: LogAuditor) -> tuple[Any, ...]:
+    try:
+        add()
+    except (FormatError, VerificationError) as e:
+        return ("error", type(e).__name__, e.message, e.field, auditor.size)
+    s = auditor.summary()
+    return ("ok", s.as_dict())
+
+
+def _by_bundles(auditor: LogAuditor, leaves: list[bytes]) -> None:
+    from protocol.verify import scan_bundle
+
+    for first in range(0, len(leaves), 256):
+        chunk = leaves[first : first + 256]
+        auditor.add_scanned(scan_bundle(chunk, first), functools.partial(list, chunk))
+
+
+def _by_leaf(auditor: LogAuditor, leaves: list[bytes]) -> None:
+    for x in leaves:
+        auditor.add(x)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, len(_BUNDLE_POOL) - 1), min_size=1, max_size=600),
+    st.integers(0, 3),
+    st.integers(0, 599),
+)
+def test_bundle_path_equals_per_leaf_path(picks: list[int], mode: int, at: int) -> None:
+    # mode 0: as drawn (often a duplicate id or an unknown target); 1: entries unique, in order
+    # of first draw; 2: that, plus an invalid record at ``at``; 3: that, with one duplicate id.
+    leaves = [_BUNDLE_POOL[i] for i in picks]
+    if mode:
+        leaves = list(dict.fromkeys(leaves))
+    if mode == 2 and leaves:
+        leaves[at % len(leaves)] = _BAD_LEAF
+    if mode == 3 and len(leaves) > 1:
+        leaves.insert(at % len(leaves) + 1, leaves[at % len(leaves)])
+    one, many = LogAuditor(ORIGIN), LogAuditor(ORIGIN)
+    expected = _outcome(lambda: _by_leaf(one, leaves), one)
+    assert _outcome(lambda: _by_bundles(many, leaves), many) == expected
+    if expected[0] == "ok":
+        assert many.summary().root_hash == merkle.root_from_leaf_hashes(
+            [merkle.leaf_hash(x) for x in leaves])
+
+
+def test_bundle_path_takes_the_fast_path_and_keeps_authors_across_bundles() -> None:
+    from protocol.verify import scan_bundle
+
+    entries = [x for x in _BUNDLE_POOL if isinstance(verify_record(x), Entry)][:300]
+    # bundle 1 revokes, in the author role, an entry of bundle 0 and one of its own (leaf 260,
+    # before the revocation at 262): both on the fast path, the author found in either table
+    mine = [make_revocation(entries[3]), make_revocation(entries[260])]
+    leaves = entries[:261] + mine + entries[261:263]
+    scanned = [scan_bundle(leaves[i : i + 256], i) for i in range(0, len(leaves), 256)]
+    assert [s.slow for s in scanned] == [None, None]
+    auditor = LogAuditor(ORIGIN)
+
+    def never() -> list[bytes]:
+        raise AssertionError("the fast path should not need the leaves again")
+
+    for s in scanned:
+        auditor.add_scanned(s, never)
+    summary = auditor.summary()
+    assert summary.revoked == 2 and summary.size == len(leaves)
+    assert summary.root_hash == merkle.root_from_leaf_hashes([merkle.leaf_hash(x) for x in leaves])
+    with pytest.raises(FormatError, match="bundle starts at leaf 0"):
+        auditor.add_scanned(scanned[0], never)
+    with pytest.raises(FormatError, match="multiple of 256"):
+        scan_bundle(leaves[:3], 3)
