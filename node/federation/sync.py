@@ -26,7 +26,7 @@ the leaves, so a sync killed between batches leaves a mirror at a batch boundary
 run resumes from: no gaps, no duplicates. A mirror may then be larger than its adopted checkpoint
 until the next sync finishes; its stored root at its size is still verified data.
 
-Memory: two batches of leaves, a few entry bundles, the level-1+ tiles (``n / 256`` hashes) and the
+Memory: one batch of leaves, a few entry bundles, the level-1+ tiles (``n / 256`` hashes) and the
 verified block hashes.
 
 Failures are recorded on the mirror (``set_sync_error``) and raised: :class:`~node.federation.fetch.
@@ -500,25 +500,24 @@ class _Sync:
     async def _copy_entries(self, tree: VerifiedTree, note: bytes) -> None:
         """Fetch, verify and store the bundles from the mirror's size to ``tree.size``.
 
-        Three things overlap, because on a bootstrap each would otherwise leave a core idle:
-        up to BUNDLE_PREFETCH bundles are in flight on the network; this task verifies and
-        decodes the next batch; and the previous batch is being written by the database thread.
-        Batches are large (BATCH_RECORDS leaves or BATCH_BYTES, whichever comes first) because
-        each commit writes every index page it touched: 256-leaf commits cost SQLite ~4x the
-        write volume of 32k-leaf ones on a million-entry mirror (bench/README.md, "Sync").
+        Up to BUNDLE_PREFETCH bundles are in flight on the network while this task verifies and
+        decodes. Appends are large (BATCH_RECORDS leaves or BATCH_BYTES, whichever comes first)
+        because each commit writes every index page it touched: 256-leaf commits cost SQLite
+        several times the write volume of 32k-leaf ones on a million-entry mirror
+        (bench/README.md, "Sync"). Writing one batch while decoding the next was measured too: no
+        faster, since both sides hold the GIL for most of their work, and it kept two batches in
+        memory, so appends are awaited in turn.
 
-        Order and crash safety are unchanged: one append is in flight at a time, each appends at
-        exactly the size the previous one left, and only the last carries the partner's note. A
-        crash leaves the mirror at the end of the last committed batch, which the next run resumes.
-        Memory: two batches, BUNDLE_PREFETCH bundles and the verified block hashes.
+        Crash safety: each append is at exactly the size the previous one left and only the last
+        carries the partner's note. A crash leaves the mirror at the end of the last committed
+        batch, which the next run resumes. Memory: one batch, BUNDLE_PREFETCH bundles and the
+        verified block hashes.
         """
         info = self.info
         position = info.size
         first = position >> TILE_HEIGHT
         blocks = iter(range(first, tree.bundle_count))
         inflight: deque[tuple[int, asyncio.Task[bytes]]] = deque()
-        writing: asyncio.Task[SetInfo] | None = None
-        writing_count = 0
         batch: list[PreparedRecord] = []
         batch_bytes = 0
         batch_start = position
@@ -533,13 +532,6 @@ class _Sync:
                     self.client.bundle(self.remote_set, ref)
                 )))
 
-        async def written() -> None:
-            nonlocal writing
-            if writing is not None:
-                task, writing = writing, None
-                await task
-                sync_counters["records"] += writing_count
-
         try:
             fetch_ahead()
             while inflight:
@@ -551,35 +543,31 @@ class _Sync:
                 offset = position - (block << TILE_HEIGHT) if block == first else 0
                 leaves = tlog.decode_entry_bundle(data, ref.width)[offset:]
                 prefix = await self._block_prefix(block, offset) if offset else []
-                verify_bundle(tree, block, leaves, prefix=prefix)
+                hashes = verify_bundle(tree, block, leaves, prefix=prefix)
                 base = (block << TILE_HEIGHT) + offset
-                batch.extend(self._prepare(leaf, base + i) for i, leaf in enumerate(leaves))
+                batch.extend(
+                    self._prepare(leaf, base + i, h)
+                    for i, (leaf, h) in enumerate(zip(leaves, hashes, strict=True))
+                )
                 batch_bytes += len(data)
                 position += len(leaves)
                 last = block == tree.bundle_count - 1
                 if last or len(batch) >= BATCH_RECORDS or batch_bytes >= BATCH_BYTES:
-                    await written()  # the previous batch is committed before this one starts
-                    writing = asyncio.ensure_future(self.store.append_mirror(
+                    await self.store.append_mirror(
                         info.name,
                         batch_start,
                         batch,
                         checkpoint=(note, tree.size, tree.root) if last else None,
-                    ))
-                    writing_count = len(batch)
+                    )
+                    sync_counters["records"] += len(batch)
                     batch, batch_bytes, batch_start = [], 0, position
-            await written()
         finally:
             for _, pending in inflight:
                 pending.cancel()
-            if writing is not None:
-                # Let an append that already started finish or roll back on its own: cancelling
-                # it mid-statement would leave its connection to the pool in an unknown state.
-                with contextlib.suppress(Exception):
-                    await writing
         if position != tree.size:  # pragma: no cover - bundle_ref widths always sum to size
             raise ProofError(f"mirror {info.name} ended at {position}, not {tree.size}")
 
-    def _prepare(self, leaf: bytes, index: int) -> PreparedRecord:
+    def _prepare(self, leaf: bytes, index: int, leaf_hash: bytes) -> PreparedRecord:
         try:
             record = scan_record(leaf)
         except FormatError as e:
@@ -588,7 +576,7 @@ class _Sync:
                 f"leaf {index} of {self.info.origin} is not a valid record: {e.message}{inner}",
                 field=f"index {index}",
             ) from e
-        return PreparedRecord.bulk(record, leaf)
+        return PreparedRecord.bulk(record, leaf, leaf_hash)
 
 
 # -- retry policy ---------------------------------------------------------------------------------
