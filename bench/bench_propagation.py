@@ -15,9 +15,9 @@ observation points are timed from the moment the operator request to A is sent:
 
 Both states are polled every ``--poll`` seconds; every wait is bounded (20 s per revocation).
 ``--gap`` waits that long after a revocation reached C before the next one: a node signs a
-checkpoint at once after an idle second but at most once a second (the sequencer sleeps its
-checkpoint interval after signing), so back-to-back revocations (gap 0) can wait up to that second
-at A and again at B, and a gap over 1 s shows the path without that wait.
+checkpoint as soon as its tree grows, then rests its checkpoint interval (0.25 s; the sequencer
+sleeps after signing), so back-to-back revocations (gap 0) can wait up to that long at A and
+again at B, and a gap over the interval shows the path without that wait.
 
     .venv/bin/python bench/bench_propagation.py [--revocations 50] [--gap 0] [--json]
 """

@@ -42,14 +42,21 @@ class _Pending:
 
 
 class Sequencer:
-    """Serializes and batches appends, and keeps checkpoints within ~1 s of the tree."""
+    """Serializes and batches appends, and keeps checkpoints within ~1 s of the tree.
+
+    A checkpoint is signed as soon as the tree grows, then the ticker rests for
+    ``checkpoint_interval`` (0.25 s): under a stream of writes that is at most four checkpoints
+    per second (each is a transaction, a stored note and a push to every subscriber), and a
+    write waits at most that long for its checkpoint. With 1 s, back-to-back revocations waited
+    up to a second at every hop of a re-share chain (bench_propagation: two-hop p95 up to 2.25 s).
+    """
 
     def __init__(
         self,
         store: Store,
         signer_for: Callable[[str], Signer],
         *,
-        checkpoint_interval: float = 1.0,
+        checkpoint_interval: float = 0.25,
         on_checkpoint: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self._store = store

@@ -252,5 +252,6 @@ async def test_revocation_propagation_time_a_to_c(tmp_path: Path) -> None:
     p50, p95 = statistics.median(times), percentile(times, 95)
     print(orjson.dumps({"revocations": len(times), "p50_s": round(p50, 3),
                         "p95_s": round(p95, 3), "max_s": round(max(times), 3)}).decode())
-    # two checkpoint intervals (A's, then B's; ~1 s each) plus two pushes and syncs
+    # two checkpoint intervals (A's, then B's; 0.25 s each) plus two pushes and syncs; the bound
+    # is loose on purpose (shared CI machines): bench_propagation.py measures the real figure
     assert p95 < 6.0
