@@ -383,14 +383,19 @@ def _by_leaf(auditor: LogAuditor, leaves: list[bytes]) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.integers(0, len(_BUNDLE_POOL) - 1), min_size=1, max_size=600),
+    st.integers(0, 300),
+    st.lists(st.integers(0, len(_BUNDLE_POOL) - 1), min_size=1, max_size=300),
     st.integers(0, 3),
     st.integers(0, 599),
 )
-def test_bundle_path_equals_per_leaf_path(picks: list[int], mode: int, at: int) -> None:
-    # mode 0: as drawn (often a duplicate id or an unknown target); 1: entries unique, in order
-    # of first draw; 2: that, plus an invalid record at ``at``; 3: that, with one duplicate id.
-    leaves = [_BUNDLE_POOL[i] for i in picks]
+def test_bundle_path_equals_per_leaf_path(
+    prefix: int, picks: list[int], mode: int, at: int
+) -> None:
+    # The first ``prefix`` entries of the pool (so that later bundles refer to earlier ones),
+    # then draws from the whole pool. mode 0: as drawn (often a duplicate id or an unknown
+    # target); 1: every leaf once, in order of first use; 2: that, plus an invalid record at
+    # ``at``; 3: that, with one leaf repeated (a duplicate id or a second revocation).
+    leaves = _BUNDLE_POOL[:prefix] + [_BUNDLE_POOL[i] for i in picks]
     if mode:
         leaves = list(dict.fromkeys(leaves))
     if mode == 2 and leaves:
