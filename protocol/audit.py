@@ -685,7 +685,7 @@ _Scan = tuple[tuple[str, str | None] | None, ScannedBundle | None, list[bytes] |
 #: bundles per message to a worker, and messages in flight per worker: enough that a worker
 #: never waits for the parent, few enough that memory stays flat (a scan is about 20 KB)
 _CHUNK = 2
-_DEPTH = 4
+_DEPTH = 8
 
 
 def _scan_file(task: _Task) -> _Scan:

@@ -16,7 +16,7 @@ message names what failed: which leaf index, which record, which checkpoint.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -541,8 +541,6 @@ class LogAuditor:
         """Apply a clean bundle if every log-level check passes; False (nothing changed) if not."""
         entries = self._entries
         new = s.entries
-        if not entries.keys().isdisjoint(new):
-            return False
         revoked: list[bytes] = []
         for _offset, author, detail in s.revocations:
             target, ref_key, role = detail[1], detail[4], detail[5]
@@ -554,7 +552,15 @@ class LogAuditor:
             if role == "author" and self._author_of(key, s) != author:
                 return False
             revoked.append(tid)
-        entries.update(new)
+        # One pass over the (large) dict: setdefault adds the new ids and keeps any earlier
+        # entry; then the size tells whether an id was used before (rare: the audit fails).
+        before = len(entries)
+        deque(map(entries.setdefault, new.keys(), new.values()), maxlen=0)
+        if len(entries) != before + len(new):
+            for rid, value in new.items():
+                if entries[rid] is value:  # added just now, not an earlier entry's
+                    del entries[rid]
+            return False
         self._revoked.update(revoked)
         if s.authors_table:
             self._bundle_authors[s.first >> 8] = list(s.authors_table)
