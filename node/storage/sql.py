@@ -599,6 +599,11 @@ class SqlStore:
             path = self.url.database or ""
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={20 if inline else 30000}")
+            # Memory-mapped reads of the main database file: a bundle is ~33 overflow pages,
+            # read ~30% faster without a pread() and a copy per page. SQLite maps the file
+            # read-only and never truncates it here (no VACUUM); WAL pages are still read
+            # normally. The mapping is address space, not memory: pages are the OS's cache.
+            conn.execute(f"PRAGMA mmap_size={1 << 36}")
             self._local.conn = conn
             with self._conns_lock:
                 self._raw_conns.append(conn)
