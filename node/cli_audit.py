@@ -6,6 +6,13 @@ live set is fetched with :class:`node.federation.fetch.PeerClient` into a tempor
 directory, with the same timeouts and byte limits as sync) and renders the result with
 :mod:`node.audit_report`. Exit status: 0 pass, 1 fail.
 
+A live set that is not ``clear`` is fetched as the node in ``--data DIR`` (default
+``$HASHFED_DATA``): every request signed with its node key (RFC 9421), as the sync client does, so
+an auditor whose node the federation knows (a member with a grant, a pinned partner) can audit the
+green, amber and red sets it may read. A ``clear`` set is fetched unsigned, as sync does, so a
+node that does not know the auditor's key still answers. A 401/403 becomes one line saying the
+set is not readable by this caller.
+
 :func:`export_evidence` adds to ``hashfed export`` what lets the audit check more than the tree:
 every stored checkpoint (``checkpoints/``), re-share receipts (``receipts/<index>.json``) and the
 coordinator's membership log (``members/``).
@@ -26,15 +33,16 @@ from sqlalchemy import select
 
 from node.audit_report import build_report, print_report, write_report
 from node.cli_common import open_service
-from node.errors import BadRequest
-from node.federation.fetch import PeerClient
+from node.config import load_config, load_signer
+from node.errors import BadRequest, Forbidden, Unauthorized
+from node.federation.fetch import PeerClient, PeerError
 from node.storage.schema import checkpoints, reshares
 from protocol import tiles
 from protocol.audit import ExportAuditSummary, audit_directory
 from protocol.checkpoint import parse_checkpoint
 from protocol.equivocation import EquivocationProof
 from protocol.errors import FormatError, ProtocolError
-from protocol.note import Verifier
+from protocol.note import Signer, Verifier
 
 if TYPE_CHECKING:
     from node.service import NodeService
@@ -103,13 +111,47 @@ async def _members_set(service: NodeService) -> tuple[SetInfo, str] | None:
     return None
 
 
-async def fetch_export(url: str, set_name: str, out: Path) -> int:
+async def fetch_export(url: str, set_name: str, out: Path, signer: Signer | None = None) -> int:
     """Fetch a live set's checkpoint, hash tiles and entry bundles into ``out``; return the size.
 
-    Unsigned requests (only ``clear`` sets answer them). The set's advertised vkey is written to
-    ``out/vkey`` (not pinned: the audit says so unless ``--vkey`` is given).
+    Unsigned first; when the node answers 401 (not readable anonymously) and ``signer`` is given,
+    again with every request signed by ``signer`` (a node key). Signing only then is sync's rule
+    too: a node that does not know the key refuses even a ``clear`` set to a signed request. A
+    401/403 that remains raises :class:`Unauthorized`/:class:`Forbidden` with a line saying who
+    may not read the set. The set's advertised vkey is written to ``out/vkey`` (not pinned: the
+    audit says so unless ``--vkey`` is given).
     """
-    async with PeerClient(url, None) as peer:
+    try:
+        return await _fetch(url, set_name, out, None)
+    except PeerError as e:
+        if signer is None or e.http_status != 401:
+            _raise_if_refused(e, set_name, None)
+            raise
+    try:
+        return await _fetch(url, set_name, out, signer)
+    except PeerError as e:
+        _raise_if_refused(e, set_name, signer)
+        raise
+
+
+def _raise_if_refused(e: PeerError, set_name: str, signer: Signer | None) -> None:
+    """Turn a 401/403 into one line naming the caller and what to do; return on anything else."""
+    if e.http_status not in (401, 403):
+        return
+    who = "an unsigned caller" if signer is None else f"the node {signer.name}"
+    message = (
+        f"set {set_name} is not readable by {who} ({e.message}); audit it with --data DIR of "
+        "a node that has access (a federation member with a grant on the set, or a pinned "
+        "partner)"
+    )
+    raise (Unauthorized if e.http_status == 401 else Forbidden)(message) from e
+
+
+async def _fetch(url: str, set_name: str, out: Path, signer: Signer | None) -> int:
+    async with PeerClient(url, signer) as peer:
+        # The set object first: checkpoints are public whatever the TLP, so this is the first
+        # request that says whether the caller may read the set, before anything is written.
+        info = await peer.set_info(set_name)
         note = await peer.checkpoint(set_name)
         try:
             cp = parse_checkpoint(note.split(b"\n\n", 1)[0] + b"\n")
@@ -117,7 +159,6 @@ async def fetch_export(url: str, set_name: str, out: Path) -> int:
             raise FormatError(f"{url}: the checkpoint of {set_name} does not parse: {e.message}",
                               field="checkpoint") from e
         _write(out / "checkpoint", note)
-        info = await peer.set_info(set_name)
         if isinstance(info.get("vkey"), str):
             _write(out / "vkey", (info["vkey"] + "\n").encode())
         for ref in tiles.tiles_for_size(cp.size):
@@ -168,9 +209,9 @@ async def _export_equivocations(data: Path, out: Path) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace) -> int:
+    data: Path | None = args.data or (Path(os.environ["HASHFED_DATA"])
+                                      if os.environ.get("HASHFED_DATA") else None)
     if args.evidence is not None:
-        data = args.data or (Path(os.environ["HASHFED_DATA"])
-                             if os.environ.get("HASHFED_DATA") else None)
         if data is None:
             raise BadRequest("--evidence needs --data DIR (or $HASHFED_DATA)", field="data")
         return await _export_equivocations(data, args.evidence)
@@ -182,7 +223,9 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             if not args.set:
                 raise BadRequest("--url needs --set NAME", field="set")
             root, target = Path(tmp), f"{args.url.rstrip('/')} set {args.set}"
-            await fetch_export(args.url, args.set, root)
+            # Only the key is needed: the node's service (database, sequencer) stays closed.
+            signer = None if data is None else load_signer(load_config(data))
+            await fetch_export(args.url, args.set, root, signer)
         else:
             root = target_root = Path(args.export)
             target = str(target_root)
@@ -228,4 +271,6 @@ def register(sub: Any) -> None:
                    help="instead of auditing: write every kept fork/rollback as an equivocation "
                    "proof file into DIR (needs --data)")
     p.add_argument("--data", metavar="DIR", type=Path, default=None,
-                   help="the node's data directory, for --evidence (default: $HASHFED_DATA)")
+                   help="the node's data directory (default: $HASHFED_DATA): for --evidence, "
+                   "and with --url to read a set that is not clear as that node (signed "
+                   "requests)")

@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import pytest
-from nodeutil import running_node
+from nodeutil import make_node_dir, running_node
 
 from node import cli
 from node.audit_report import build_report, print_report, render_html
-from node.config import load_config
+from node.config import load_config, load_signer
 from node.storage.sql import SqlStore
 from protocol import merkle
 from protocol.audit import ExportAuditSummary
@@ -149,6 +150,80 @@ async def test_live_audit_of_a_running_node(tmp_path: Path) -> None:
         other = Signer.generate("live.example").verifier().vkey()
         args = cli.parse_args(["audit", "--url", node.url, "--set", "open", "--vkey", other])
         assert await args.func(args) == 1
+
+
+async def _checkpointed(client: Any, name: str, size: int) -> None:
+    for _ in range(200):  # the checkpoint is signed by the sequencer, shortly after
+        if (await client.get_json(f"/v1/sets/{name}"))["size"] == size:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"set {name} never reached size {size}")
+
+
+async def _audit_main(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
+    """``hashfed audit ...`` through main (the CLI error mapping) off the server's event loop."""
+    capsys.readouterr()
+    status = await asyncio.to_thread(cli.main, ["audit", *(str(a) for a in args)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return status, out, err
+
+
+async def test_live_audit_of_an_amber_set_signs_as_the_data_dir_node(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HASHFED_DATA", raising=False)
+    # B has a grant on the amber set, C is a member without one, D is a node A does not know.
+    b, c, d = [
+        await make_node_dir(tmp_path / n, origin=f"node-{n}.test", org=f"org-{n}.test")
+        for n in "bcd"
+    ]
+    async with running_node(tmp_path / "a", origin="node-a.test", org="org-a.test") as node:
+        async with node.client() as client:
+            for cfg in (b, c):  # A is its own coordinator: admitting makes a members set
+                await client.post_json("/v1/members", {
+                    "action": "admit", "member": cfg.org, "name": cfg.org,
+                    "node_url": "http://127.0.0.1:9", "roles": ["subscriber"],
+                    "vkeys": [load_signer(cfg).verifier().vkey()],
+                })
+            for name, tlp, n in (("amb", "amber", 37), ("pub", "clear", 3)):
+                await client.create_set(name, tlp)
+                await client.publish(name, [
+                    {"hash_type": "sha256", "hash_value": os.urandom(32).hex()} for _ in range(n)
+                ])
+                await _checkpointed(client, name, n)
+        grant = cli.parse_args(["set", "grant", "amb", "--org", b.org, "--data",
+                                str(node.data_dir)])
+        assert await grant.func(grant) == 0
+
+        url = ["--url", node.url, "--set", "amb"]
+        status, out, err = await _audit_main(capsys, *url)
+        assert status == 1 and out == ""
+        (line,) = err.strip().splitlines()
+        assert "set amb is not readable by an unsigned caller" in line
+        assert "HTTP 401" in line and "--data DIR" in line
+
+        status, out, err = await _audit_main(
+            capsys, *url, "--data", b.data_dir, "--vkey", node.vkey, "--report", tmp_path / "rep"
+        )
+        assert status == 0, out + err
+        assert "PASS" in out
+        report = json.loads((tmp_path / "rep" / "report.json").read_text())
+        assert report["summary"]["size"] == 37 and report["summary"]["key_pinned"]
+        assert report["summary"]["origin"] == "node-a.test/amb"
+
+        for cfg, code in ((c, "HTTP 403"), (d, "HTTP 401")):
+            status, out, err = await _audit_main(capsys, *url, "--data", cfg.data_dir)
+            assert status == 1 and out == ""
+            (line,) = err.strip().splitlines()
+            assert f"set amb is not readable by the node {cfg.origin}" in line, line
+            assert code in line and "--data DIR" in line
+
+        # A clear set is fetched unsigned, as sync does: a node A does not know still audits it
+        # (signed, A would refuse D's unknown key), also with the data dir from $HASHFED_DATA.
+        monkeypatch.setenv("HASHFED_DATA", str(d.data_dir))
+        status, out, err = await _audit_main(capsys, "--url", node.url, "--set", "pub")
+        assert status == 0 and "PASS" in out, out + err
 
 
 async def test_evidence_rows_become_equivocation_proofs(tmp_path: Path) -> None:
