@@ -16,10 +16,11 @@ revoked here too. ``--vkey``, ``--upstream-vkey`` and ``--members-vkey`` accept 
 node signs each of its sets' logs with that key under the set's origin.
 
 The audit (1) verifies the checkpoint's signature, (2) streams every entry bundle in index order
-through :class:`protocol.verify.LogAuditor` (one bundle in memory at a time: every record is
-validated and the revocation rules checked), (3) checks that the leaves lead to the checkpoint's
-root and that every stored hash tile equals the tile recomputed from the leaves, and (4) proves
-every older checkpoint consistent with the current one from the (now verified) tiles.
+through :class:`protocol.verify.LogAuditor` (every record is validated and the revocation rules
+checked; for large logs worker processes read and scan the bundles, a bounded number ahead, and
+this process applies the log's rules in order), (3) checks that the leaves lead to the
+checkpoint's root and that every stored hash tile equals the tile recomputed from the leaves, and
+(4) proves every older checkpoint consistent with the current one from the (now verified) tiles.
 
 Files that can only be explained by a larger tree than the checkpoint's (tiles of a log that kept
 growing after the checkpoint was copied) are not covered by any signature: they are listed as
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import contextlib
+import gc
 import itertools
 import json
 import multiprocessing
@@ -738,6 +740,9 @@ def _split_bundle(data: bytes, count: int) -> list[bytes] | None:
 
 def _worker(conn: Connection) -> None:
     """A worker process: scan each batch of bundles the parent sends, until it sends None."""
+    # The objects inherited from the parent are never garbage here: keep the collector from
+    # walking them (and so from copying their pages on write) in every full collection.
+    gc.freeze()
     try:
         while (tasks := conn.recv()) is not None:
             try:
