@@ -72,6 +72,7 @@ class _View(
     forbid_unknown_fields=True,
     kw_only=True,  # lets required and optional fields interleave in RFC 8785 key order
     omit_defaults=True,  # absent optional fields are omitted, as encode_record does
+    gc=False,  # views hold only str, int and views: no cycles, so the collector can skip them
 ):
     """Base of the views. Fields are declared in sorted key order: msgspec writes them so.
 
