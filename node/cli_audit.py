@@ -26,6 +26,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,7 +112,9 @@ async def _members_set(service: NodeService) -> tuple[SetInfo, str] | None:
     return None
 
 
-async def fetch_export(url: str, set_name: str, out: Path, signer: Signer | None = None) -> int:
+async def fetch_export(
+    url: str, set_name: str, out: Path, signer: Signer | Callable[[], Signer] | None = None
+) -> int:
     """Fetch a live set's checkpoint, hash tiles and entry bundles into ``out``; return the size.
 
     Unsigned first; when the node answers 401 (not readable anonymously) and ``signer`` is given,
@@ -119,7 +122,8 @@ async def fetch_export(url: str, set_name: str, out: Path, signer: Signer | None
     too: a node that does not know the key refuses even a ``clear`` set to a signed request. A
     401/403 that remains raises :class:`Unauthorized`/:class:`Forbidden` with a line saying who
     may not read the set. The set's advertised vkey is written to ``out/vkey`` (not pinned: the
-    audit says so unless ``--vkey`` is given).
+    audit says so unless ``--vkey`` is given). ``signer`` may be a function that loads the key:
+    it is called only on that 401, so a clear set never needs a readable key.
     """
     try:
         return await _fetch(url, set_name, out, None)
@@ -127,10 +131,11 @@ async def fetch_export(url: str, set_name: str, out: Path, signer: Signer | None
         if signer is None or e.http_status != 401:
             _raise_if_refused(e, set_name, None)
             raise
+    key = signer if isinstance(signer, Signer) else signer()
     try:
-        return await _fetch(url, set_name, out, signer)
+        return await _fetch(url, set_name, out, key)
     except PeerError as e:
-        _raise_if_refused(e, set_name, signer)
+        _raise_if_refused(e, set_name, key)
         raise
 
 
@@ -223,9 +228,12 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             if not args.set:
                 raise BadRequest("--url needs --set NAME", field="set")
             root, target = Path(tmp), f"{args.url.rstrip('/')} set {args.set}"
-            # Only the key is needed: the node's service (database, sequencer) stays closed.
-            signer = None if data is None else load_signer(load_config(data))
-            await fetch_export(args.url, args.set, root, signer)
+            # Only the key is needed, and only if the set is not public: loaded on demand, with
+            # the node's service (database, sequencer) left closed.
+            await fetch_export(
+                args.url, args.set, root,
+                None if data is None else lambda: load_signer(load_config(data)),
+            )
         else:
             root = target_root = Path(args.export)
             target = str(target_root)

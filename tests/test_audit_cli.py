@@ -224,6 +224,10 @@ async def test_live_audit_of_an_amber_set_signs_as_the_data_dir_node(
         monkeypatch.setenv("HASHFED_DATA", str(d.data_dir))
         status, out, err = await _audit_main(capsys, "--url", node.url, "--set", "pub")
         assert status == 0 and "PASS" in out, out + err
+        # ... and the key is only loaded when needed: a broken $HASHFED_DATA does not matter
+        monkeypatch.setenv("HASHFED_DATA", str(tmp_path / "no-such-node"))
+        status, out, err = await _audit_main(capsys, "--url", node.url, "--set", "pub")
+        assert status == 0 and "PASS" in out, out + err
 
 
 async def test_evidence_rows_become_equivocation_proofs(tmp_path: Path) -> None:
