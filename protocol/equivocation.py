@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from protocol import merkle, tiles
 from protocol.checkpoint import Checkpoint, verify_checkpoint
-from protocol.errors import FormatError, VerificationError
+from protocol.errors import FormatError, ProofError, VerificationError
 from protocol.jcs import canonicalize, parse_json
 from protocol.note import Verifier
 from protocol.tiles import TileRef
@@ -47,7 +46,6 @@ __all__ = [
     "verify_equivocation",
 ]
 
-_NODE = b"\x01"
 #: longest path accepted: two per tree level of a 2**64 tree, plus the seed
 _MAX_PATH = 130
 _MAX_NOTE = 64 * 1024
@@ -121,35 +119,6 @@ class EquivocationProof:
         return cls(notes[0], notes[1], tuple(path))
 
 
-def _fold(old_size: int, new_size: int, path: Sequence[bytes]) -> tuple[bytes, bytes]:
-    """The (old root, new root) a consistency path implies, the seed being its first element.
-
-    RFC 9162 §2.1.4.2 with the power-of-two case made uniform: the caller's path always starts
-    with the seed, so nothing is substituted from the (suspect) old checkpoint.
-    """
-    fn, sn = old_size - 1, new_size - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise VerificationError("the consistency path is longer than the tree is high")
-        if fn & 1 or fn == sn:
-            fr = hashlib.sha256(_NODE + c + fr).digest()
-            sr = hashlib.sha256(_NODE + c + sr).digest()
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = hashlib.sha256(_NODE + sr + c).digest()
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise VerificationError("the consistency path is too short for the tree sizes")
-    return fr, sr
-
-
 def consistency_evidence(
     old_size: int, new_size: int, tree_tiles: Mapping[TileRef, bytes]
 ) -> tuple[bytes, ...]:
@@ -206,7 +175,12 @@ def verify_equivocation(proof: EquivocationProof, log: Verifier) -> None:
             f"notes of sizes {old.size} and {new.size} are not evidence without a consistency "
             "path from the larger tree"
         )
-    fr, sr = _fold(old.size, new.size, path)
+    # The path's own first element is the seed, even for a power-of-two old size: nothing is
+    # taken from the (suspect) old checkpoint.
+    try:
+        fr, sr = merkle.consistency_roots(old.size, new.size, path)
+    except ProofError as e:
+        raise VerificationError(f"the consistency path does not fit: {e.message}") from e
     if sr != new.root_hash:
         raise VerificationError(
             f"the consistency path does not lead to the signed root of size {new.size}, so it "

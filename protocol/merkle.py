@@ -323,6 +323,21 @@ def verify_consistency(
     if old_size & (old_size - 1) == 0:
         # The old tree is a complete subtree of the new one: its root is the first node.
         path.insert(0, old_root)
+    fr, sr = consistency_roots(old_size, new_size, path)
+    if fr != old_root:
+        raise ProofError("consistency proof does not lead to the old root")
+    if sr != new_root:
+        raise ProofError("consistency proof does not lead to the new root")
+
+
+def consistency_roots(old_size: int, new_size: int, path: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """The (old root, new root) that a consistency path implies (RFC 9162 §2.1.4.2).
+
+    ``path`` starts with the seed: for a power-of-two ``old_size`` the caller prepends the old
+    root itself (:func:`verify_consistency` does; an equivocation check must not, since the old
+    root is what is in question). Requires ``0 < old_size < new_size`` and a non-empty path;
+    ProofError when the path's length does not fit the sizes.
+    """
     fn, sn = old_size - 1, new_size - 1
     while fn & 1:
         fn >>= 1
@@ -344,10 +359,7 @@ def verify_consistency(
         sn >>= 1
     if sn != 0:
         raise ProofError("consistency proof is too short for the tree sizes")
-    if fr != old_root:
-        raise ProofError("consistency proof does not lead to the old root")
-    if sr != new_root:
-        raise ProofError("consistency proof does not lead to the new root")
+    return fr, sr
 
 
 class CompactRange:
