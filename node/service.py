@@ -20,11 +20,10 @@ from node.storage import AppendResult, PreparedRecord, SetInfo, StoredRecord, ha
 from node.storage.sql import SqlStore
 from protocol import hashtypes
 from protocol import tiles as tlog
-from protocol.errors import FormatError, RecordTooLargeError
+from protocol.errors import FormatError
 from protocol.jcs import canonicalize
 from protocol.note import Signer, Verifier
 from protocol.records import (
-    MAX_RECORD_SIZE,
     Entry,
     Revocation,
     decode_record,
@@ -139,9 +138,7 @@ class NodeService:
             record_id=new_record_id(), nonce=new_nonce(),
         )
         data = canonicalize(raw)
-        if len(data) > MAX_RECORD_SIZE:
-            raise RecordTooLargeError(f"record is {len(data)} bytes; limit {MAX_RECORD_SIZE}")
-        record = scan_record(data)
+        record = scan_record(data)  # also the 16 KiB limit (RecordTooLargeError)
         if not isinstance(record, EntryView):  # pragma: no cover - entry_dict sets type "entry"
             raise FormatError("not an entry", field="type")
         return PreparedRecord.bulk(record, data)

@@ -92,16 +92,9 @@ class PreparedRecord:
     hash_key: bytes | None
 
     @classmethod
-    def of(cls, record: AnyRecord | RecordView, data: bytes | None = None) -> PreparedRecord:
-        if data is None:
-            if not isinstance(record, Entry | Revocation | Attestation | Membership):
-                raise TypeError("a record view comes with its bytes")
-            data = encode_record(record)
-        key = (
-            hash_key(record.hash.type, record.hash.value)
-            if isinstance(record, Entry | EntryView)
-            else None
-        )
+    def of(cls, record: AnyRecord, data: bytes | None = None) -> PreparedRecord:
+        data = encode_record(record) if data is None else data
+        key = hash_key(record.hash.type, record.hash.value) if isinstance(record, Entry) else None
         return cls(record=record, data=data, leaf_hash=leaf_hash(data), hash_key=key)
 
     @classmethod
