@@ -37,10 +37,26 @@ HASHFED = [sys.executable, "-m", "node.cli"]
 
 
 def leaves_of(data: Path) -> list[bytes]:
+    """Every leaf of the publisher, in order: from its record, or (since migration 0006, where
+    the record holds no bytes) from its full entry bundle."""
+    from protocol.tiles import decode_entry_bundle
+
     con = sqlite3.connect(data / "node.db")
-    rows = con.execute("SELECT data FROM records ORDER BY set_id, idx").fetchall()
+    out: list[bytes] = []
+    bundle: tuple[tuple[int, int], list[bytes]] = ((-1, -1), [])
+    rows = con.execute("SELECT set_id, idx, data FROM records ORDER BY set_id, idx")
+    for set_id, idx, leaf in rows:
+        if leaf is None:
+            key = (set_id, idx // 256)
+            if bundle[0] != key:
+                (blob,) = con.execute(
+                    "SELECT data FROM bundles WHERE set_id = ? AND n = ?", key
+                ).fetchone()
+                bundle = (key, decode_entry_bundle(bytes(blob), 256))
+            leaf = bundle[1][idx % 256]
+        out.append(bytes(leaf))
     con.close()
-    return [bytes(r[0]) for r in rows]
+    return out
 
 
 def floor(leaves: list[bytes], db: Path) -> float:

@@ -82,3 +82,38 @@ async def test_0005_writes_the_bundles_of_existing_sets(database_url: str) -> No
         assert await store.read_bundle(1, 1) is None  # partial: not stored
     finally:
         await store.close()
+
+
+async def test_0006_keeps_old_rows_and_its_downgrade_restores_cleared_bytes(
+    database_url: str,
+) -> None:
+    """Rows written before 0006 keep their bytes; rows cleared after it get them back from
+    their bundles on a downgrade, before NOT NULL returns."""
+    from test_storage import make_entry
+
+    from node.storage import PreparedRecord
+
+    store = SqlStore.engines(database_url)
+    await migrate.upgrade(store._write)
+    await store.close()
+    store = await SqlStore.open(database_url)
+    prepared = [PreparedRecord.of(make_entry()) for _ in range(300)]
+    try:
+        info = await store.create_set("s", "n.example/s", "clear", "")
+        await store.append("s", prepared)
+    finally:
+        await store.close()
+    store = SqlStore.engines(database_url)
+    try:
+        await migrate.downgrade(store._write, "0005")
+        async with store._read.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text("SELECT data FROM records WHERE set_id = :s ORDER BY idx"),
+                    {"s": info.id},
+                )
+            ).scalars().all()
+        assert [bytes(d) for d in rows] == [p.data for p in prepared]
+        await migrate.upgrade(store._write)
+    finally:
+        await store.close()

@@ -64,6 +64,36 @@ async def open_store(url: str) -> SqlStore:
     return await SqlStore.open(url)
 
 
+async def _check_leaf_bytes_stored_once(
+    store: SqlStore, set_id: int, prepared: list[PreparedRecord]
+) -> None:
+    """Leaves of full bundles have no bytes on their rows (the bundle holds them, revision 0006),
+    the partial bundle's rows keep theirs, and every read path returns the same bytes."""
+    from sqlalchemy import text
+
+    size = len(prepared)
+    async with store._read.connect() as conn:
+        nulls = (
+            await conn.execute(
+                text("SELECT idx FROM records WHERE set_id = :s AND data IS NULL ORDER BY idx"),
+                {"s": set_id},
+            )
+        ).scalars().all()
+    assert list(nulls) == list(range(size // 256 * 256))
+    data = [p.data for p in prepared]
+    assert await store.read_entries(set_id, 0, size) == data
+    assert await store.read_entries(set_id, 250, 10) == data[250:260]  # across a bundle edge
+    assert [r.data for r in await store.read_records(set_id, 0, size)] == data
+    for i in (0, 255, 256, size - 1):
+        rec = decode_record(data[i])
+        assert (await store.get_record_at(set_id, i)).data == data[i]  # type: ignore[union-attr]
+        assert (await store.get_record(set_id, rec.id)).data == data[i]  # type: ignore[union-attr]
+        assert [r.data for r in await store.find_entries(prepared[i].hash_key or b"")] == [data[i]]
+    page = await store.active_entries_after(set_id, 100, 300)
+    assert [r.index for r in page] == list(range(101, 401))
+    assert [r.data for r in page] == data[101:401]
+
+
 async def test_open_refuses_an_unmigrated_database(database_url: str) -> None:
     with pytest.raises(SetupError, match="db upgrade"):
         await SqlStore.open(database_url)
@@ -103,6 +133,7 @@ async def test_append_tiles_root_and_checkpoint(database_url: str) -> None:
             block = [p.data for p in prepared[n * 256 : (n + 1) * 256]]
             assert await store.read_bundle(info.id, n) == tlog.encode_entry_bundle(block)
         assert await store.read_bundle(info.id, 2) is None  # partial: built on demand
+        await _check_leaf_bytes_stored_once(store, info.id, prepared)
 
         signer = Signer.generate(ORIGIN)
 

@@ -13,6 +13,9 @@ Contract of :class:`Store` (every backend must keep all of it):
   on SQLite), so two processes can never assign the same index or sign two checkpoints for one size.
 * **Append-only.** A record's bytes and index never change once committed. Only the derived view
   column (``revoked_by``) of an entry is ever updated, in the same transaction as the revocation.
+  (Where the bytes are kept may change: the transaction that completes a 256-leaf entry bundle
+  stores the bundle and clears the bytes from the leaves' rows, so each leaf is stored once.
+  Every read returns the same bytes before and after.)
 * **All or nothing per call.** If any revocation in ``items`` does not target an active entry of
   the set, ``append`` raises :class:`node.errors.Conflict` and stores nothing.
 * **Idempotent entries.** An entry whose hash is already active in the set (or earlier in the same

@@ -44,3 +44,13 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(run)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the schema back to ``revision`` (to run an older hashfed), one transaction."""
+
+    def run(conn: Connection) -> None:
+        command.downgrade(_config(conn), revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)

@@ -1,6 +1,7 @@
 """SQLAlchemy Core tables of a node's database (the migrations create exactly these).
 
-The log is the truth: ``records`` holds every leaf's exact bytes by index, ``tiles`` the tlog-tiles
+The log is the truth: ``records`` holds every leaf by index (its exact bytes, or NULL when
+they are in the leaf's full entry bundle in ``bundles``), ``tiles`` the tlog-tiles
 hash tiles, ``checkpoints`` every signed checkpoint. The columns ``records.hash_key`` and
 ``records.revoked_by`` are the derived "current state" view, kept up to date in the same transaction
 as the append that changes them, so a lookup is one indexed query.
