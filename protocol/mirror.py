@@ -37,6 +37,7 @@ __all__ = [
     "VerifiedTree",
     "mirror_tiles_needed",
     "verify_bundle",
+    "verify_bundle_hashes",
     "verify_tree_tiles",
 ]
 
@@ -257,13 +258,37 @@ def verify_bundle(
     merkle.check_hashes(prefix, "prefix")
     sha = hashlib.sha256
     hashes = [sha(_LEAF_PREFIX + leaf).digest() for leaf in leaves]
-    buf = b"".join(prefix) + b"".join(hashes)
+    _check_block(tree, n, prefix, b"".join(hashes))
+    return hashes
+
+
+def verify_bundle_hashes(
+    tree: VerifiedTree, n: int, hashes: bytes, *, prefix: Sequence[bytes] = ()
+) -> None:
+    """:func:`verify_bundle` for leaf hashes computed elsewhere (``hashes``: the new leaves'
+    32-byte hashes, concatenated), e.g. by a worker process that also checked the records.
+
+    The caller must have hashed exactly the leaves it then stores, as ``sha256(0x00 ‖ leaf)``.
+    """
+    if not isinstance(tree, VerifiedTree):
+        raise FormatError("tree must be a VerifiedTree", field="tree")
+    n = tree._check_bundle(n)
+    if not isinstance(hashes, bytes) or len(hashes) % _HASH:
+        raise FormatError("hashes must be concatenated 32-byte hashes", field="hashes")
+    merkle.check_hashes(prefix, "prefix")
+    _check_block(tree, n, prefix, hashes)
+
+
+def _check_block(tree: VerifiedTree, n: int, prefix: Sequence[bytes], hashes: bytes) -> None:
+    """ProofError unless ``prefix + hashes`` are exactly the leaf hashes of verified block n."""
+    buf = b"".join(prefix) + hashes
     ref = tree.bundle_ref(n)
     got = len(buf) // _HASH
     where = f"entry bundle {n} ({ref.path()}) of a tree of size {tree.size}"
     if got != ref.width:
+        new = len(hashes) // _HASH
         raise ProofError(
-            f"{where} has {ref.width} leaves, got {got} ({len(prefix)} held + {len(hashes)} new)",
+            f"{where} has {ref.width} leaves, got {got} ({len(prefix)} held + {new} new)",
             field=ref.path(),
         )
     if n < len(tree.block_hashes):
@@ -272,4 +297,3 @@ def verify_bundle(
         ok = buf == b"".join(tree.tail)
     if not ok:
         raise ProofError(f"{where}: the leaves do not hash to the verified block", field=ref.path())
-    return hashes

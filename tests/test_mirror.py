@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from protocol import merkle, mirror, tiles
 from protocol.errors import FormatError, ProofError
-from protocol.mirror import VerifiedTree, mirror_tiles_needed, verify_bundle, verify_tree_tiles
+from protocol.mirror import (
+    VerifiedTree,
+    mirror_tiles_needed,
+    verify_bundle,
+    verify_bundle_hashes,
+    verify_tree_tiles,
+)
 from protocol.tiles import TileRef
 
 INTERESTING = [0, 1, 2, 255, 256, 257, 511, 512, 513, 65535, 65536, 65537, 70000]
@@ -232,20 +238,32 @@ def _variants(block: list[bytes], other: bytes) -> dict[str, list[bytes]]:
     return out
 
 
+def _joined(leaves: list[bytes]) -> bytes:
+    return b"".join(merkle.leaf_hash(x) for x in leaves)
+
+
 @pytest.mark.parametrize("size", BUNDLE_SIZES)
 def test_bad_bundles_are_refused(size: int) -> None:
     leaves, hashes, _, root = log(1, size)
     tree = verify_tree_tiles(size, root, needed(size))
     for n in {0, tree.bundle_count - 1}:
         block = leaves[n * 256 : (n + 1) * 256]
+        # the good block passes both ways: leaves here, or hashes computed elsewhere
+        assert b"".join(verify_bundle(tree, n, block)) == _joined(block)
+        verify_bundle_hashes(tree, n, _joined(block))
         for name, bad in _variants(block, b"not-a-leaf-of-this-block").items():
             with pytest.raises(ProofError, match=f"entry bundle {n}"):
                 verify_bundle(tree, n, bad)
+            with pytest.raises(ProofError, match=f"entry bundle {n}"):
+                verify_bundle_hashes(tree, n, _joined(bad))
             # Resumed mid-block: the same faults in the new part.
             held = 1 if len(block) > 2 else 0
             if held and name != "reordered":
+                prefix = hashes[n * 256 : n * 256 + held]
                 with pytest.raises(ProofError):
-                    verify_bundle(tree, n, bad[held:], prefix=hashes[n * 256 : n * 256 + held])
+                    verify_bundle(tree, n, bad[held:], prefix=prefix)
+                with pytest.raises(ProofError):
+                    verify_bundle_hashes(tree, n, _joined(bad[held:]), prefix=prefix)
         # A wrong stored prefix is caught too.
         if len(block) > 1:
             wrong = [hashes[n * 256 + 1]]
@@ -281,6 +299,14 @@ def test_bundle_arguments() -> None:
         verify_bundle(tree, 0, leaves[1:256], prefix=[b"short"])
     with pytest.raises(FormatError):
         verify_bundle("tree", 0, leaves[:256])  # type: ignore[arg-type]
+    good = _joined(leaves[:256])
+    for bad_hashes in (good[:-1], list(good), good.hex()):
+        with pytest.raises(FormatError, match="32-byte"):
+            verify_bundle_hashes(tree, 0, bad_hashes)  # type: ignore[arg-type]
+    with pytest.raises(FormatError):
+        verify_bundle_hashes(tree, 3, good)
+    with pytest.raises(FormatError):
+        verify_bundle_hashes("tree", 0, good)  # type: ignore[arg-type]
     assert tree.bundle_ref(2) == TileRef(0, 2, 88, is_entries=True)
     assert tree.bundle_ref(0).is_full
 
@@ -290,5 +316,6 @@ def test_module_exports() -> None:
         "VerifiedTree",
         "mirror_tiles_needed",
         "verify_bundle",
+        "verify_bundle_hashes",
         "verify_tree_tiles",
     }

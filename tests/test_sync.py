@@ -108,9 +108,21 @@ async def assert_mirrors(service: NodeService, node: RunningNode, size: int) -> 
     )
 
 
+def use_workers(monkeypatch: pytest.MonkeyPatch, workers: bool) -> None:
+    """Make every sync check records in worker processes (normally only large ones do)."""
+    if workers:
+        monkeypatch.setattr(sync_module, "PARALLEL_MIN_LEAVES", 0)
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["in-process", "workers"])
 async def test_sync_copies_the_log_and_resumes_mid_block(
-    tmp_path: Path, node_a: RunningNode, database_url: str
+    tmp_path: Path,
+    node_a: RunningNode,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: bool,
 ) -> None:
+    use_workers(monkeypatch, workers)
     items = await publish(node_a, 600)  # two full blocks and a partial one
     await wait_checkpoint(node_a, 600)
     async with node_service(tmp_path / "b", database_url) as b:

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from nodeutil import RunningNode, make_node_dir, running_node, serving
-from test_sync import MIRROR, SET, node_service, publish, wait_checkpoint
+from test_sync import MIRROR, SET, node_service, publish, use_workers, wait_checkpoint
 
 from node.config import KEY_FILE
 from node.federation.fetch import CHECKPOINT_LIMIT, PeerClient, PeerError, PeerResponseTooLarge
@@ -173,9 +173,11 @@ async def test_a_tampered_tile_in_the_consistency_proof_is_refused(
     assert (await mirror_state(node_b))[0] == 600
 
 
+@pytest.mark.parametrize("workers", [False, True], ids=["in-process", "workers"])
 async def test_a_tampered_entry_bundle_is_refused(
-    node_a: RunningNode, node_b: NodeService
+    node_a: RunningNode, node_b: NodeService, monkeypatch: pytest.MonkeyPatch, workers: bool
 ) -> None:
+    use_workers(monkeypatch, workers)
     await subscribed(node_b, node_a, 300)
 
     def tamper(body: bytes) -> bytes:  # another hex digit in the first record's hash value
@@ -354,9 +356,16 @@ class FakePartner:
     ],
     ids=["not-a-record", "oversized", "not-json", "non-canonical"],
 )
+@pytest.mark.parametrize("workers", [False, True], ids=["in-process", "workers"])
 async def test_leaves_that_are_not_canonical_records_are_refused(
-    node_b: NodeService, bad_leaf: bytes | str, error: type[Exception], cause: str
+    node_b: NodeService,
+    bad_leaf: bytes | str,
+    error: type[Exception],
+    cause: str,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: bool,
 ) -> None:
+    use_workers(monkeypatch, workers)
     if bad_leaf == "whitespace":
         bad_leaf = valid_record().replace(b'","', b'", "', 1)
     assert isinstance(bad_leaf, bytes)

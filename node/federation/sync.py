@@ -43,14 +43,17 @@ under the set origin, which must start with the node vkey's name + ``/`` (design
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import multiprocessing
+import os
 import random
 import weakref
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import select, update
 
@@ -58,8 +61,9 @@ from node.config import check_org
 from node.errors import Conflict, NodeError, NotFound, SetupError
 from node.federation.fetch import PeerClient, PeerError
 from node.federation.members import MEMBERS_SET, Federation
+from node.federation.prepare import LeafFacts, check_bundle
 from node.service import NodeService, check_set_name, check_tlp
-from node.storage import PreparedRecord, SetInfo
+from node.storage import EntryRef, PreparedRecord, SetInfo
 from node.storage.federation import FederationStore
 from node.storage.schema import sets
 from node.storage.sql import SqlStore
@@ -74,10 +78,16 @@ from protocol.errors import (
     ProtocolError,
     SignatureError,
 )
-from protocol.mirror import VerifiedTree, mirror_tiles_needed, verify_bundle, verify_tree_tiles
+from protocol.mirror import (
+    VerifiedTree,
+    mirror_tiles_needed,
+    verify_bundle,
+    verify_bundle_hashes,
+    verify_tree_tiles,
+)
 from protocol.note import Verifier
 from protocol.records import timestamp
-from protocol.scan import scan_record
+from protocol.scan import RecordView, scan_record
 from protocol.tiles import TILE_HEIGHT, TileRef
 from protocol.verify import check_fork, verify_consistency_of
 
@@ -103,6 +113,12 @@ BUNDLE_PREFETCH: Final = 4
 #: leaves (or leaf bytes) per append_mirror transaction; see _Sync._copy_entries
 BATCH_RECORDS: Final = 32_768
 BATCH_BYTES: Final = 24 << 20
+#: a sync of at least this many leaves checks records in worker processes (node.federation.
+#: prepare), which then work while this process stores; smaller ones are not worth starting them
+PARALLEL_MIN_LEAVES = 65_536
+#: with workers, bundles in flight (fetched and being checked) ahead of the one being stored:
+#: enough to keep the workers busy through one append, ~64 x 140 KB of leaves at most
+PARALLEL_AHEAD: Final = 128
 PARTNER: Final = "partner"
 
 #: process-wide counts of sync outcomes and evidence kinds (rendered by whoever exposes metrics):
@@ -500,55 +516,73 @@ class _Sync:
     async def _copy_entries(self, tree: VerifiedTree, note: bytes) -> None:
         """Fetch, verify and store the bundles from the mirror's size to ``tree.size``.
 
-        Up to BUNDLE_PREFETCH bundles are in flight on the network while this task verifies and
-        decodes. Appends are large (BATCH_RECORDS leaves or BATCH_BYTES, whichever comes first)
-        because each commit writes every index page it touched: 256-leaf commits cost SQLite
-        several times the write volume of 32k-leaf ones on a million-entry mirror
-        (bench/README.md, "Sync"). Writing one batch while decoding the next was measured too: no
-        faster, since both sides hold the GIL for most of their work, and it kept two batches in
-        memory, so appends are awaited in turn.
+        Bundles are fetched ahead (BUNDLE_PREFETCH) and consumed in order. Appends are large
+        (BATCH_RECORDS leaves or BATCH_BYTES, whichever comes first) because each commit writes
+        every index page it touched: 256-leaf commits cost SQLite several times the write volume
+        of 32k-leaf ones on a million-entry mirror (bench/README.md, "Sync").
+
+        A sync of PARALLEL_MIN_LEAVES or more leaves has worker processes check the records and
+        hash the leaves (:func:`node.federation.prepare.check_bundle`) for up to PARALLEL_AHEAD
+        bundles ahead, so they work while this process stores the previous batch. (Overlapping
+        in threads was measured too: no gain, as both halves hold the GIL.) The hashes a worker
+        returns are verified against the tree here, exactly as :func:`verify_bundle` does, and
+        a record it flags is checked again here for the exact error; what is stored is this
+        process's own split of the very bytes that were checked.
 
         Crash safety: each append is at exactly the size the previous one left and only the last
         carries the partner's note. A crash leaves the mirror at the end of the last committed
-        batch, which the next run resumes. Memory: one batch, BUNDLE_PREFETCH bundles and the
-        verified block hashes.
+        batch, which the next run resumes. Memory: one batch, the bundles ahead and the verified
+        block hashes.
         """
         info = self.info
         position = info.size
         first = position >> TILE_HEIGHT
         blocks = iter(range(first, tree.bundle_count))
-        inflight: deque[tuple[int, asyncio.Task[bytes]]] = deque()
+        pool = _worker_pool() if tree.size - position >= PARALLEL_MIN_LEAVES else None
+        ahead = PARALLEL_AHEAD if pool is not None else BUNDLE_PREFETCH
+        inflight: deque[tuple[int, asyncio.Task[tuple[bytes, _Checked | None]]]] = deque()
         batch: list[PreparedRecord] = []
         batch_bytes = 0
         batch_start = position
 
+        async def fetch(ref: TileRef, offset: int) -> tuple[bytes, _Checked | None]:
+            data = await self.client.bundle(self.remote_set, ref)
+            if pool is None:
+                return data, None
+            loop = asyncio.get_running_loop()
+            checked = await loop.run_in_executor(pool, check_bundle, data, ref.width, offset)
+            return data, checked
+
         def fetch_ahead() -> None:
-            while len(inflight) < BUNDLE_PREFETCH:
+            while len(inflight) < ahead:
                 block = next(blocks, None)
                 if block is None:
                     return
-                ref = tree.bundle_ref(block)
-                inflight.append((block, asyncio.ensure_future(
-                    self.client.bundle(self.remote_set, ref)
-                )))
+                offset = position - (block << TILE_HEIGHT) if block == first else 0
+                inflight.append(
+                    (block, asyncio.ensure_future(fetch(tree.bundle_ref(block), offset)))
+                )
 
         try:
             fetch_ahead()
             while inflight:
                 block, task = inflight.popleft()
-                data = await task
+                data, checked = await task
                 fetch_ahead()
                 self.bundles += 1
                 ref = tree.bundle_ref(block)
                 offset = position - (block << TILE_HEIGHT) if block == first else 0
                 leaves = tlog.decode_entry_bundle(data, ref.width)[offset:]
                 prefix = await self._block_prefix(block, offset) if offset else []
-                hashes = verify_bundle(tree, block, leaves, prefix=prefix)
                 base = (block << TILE_HEIGHT) + offset
-                batch.extend(
-                    self._prepare(leaf, base + i, h)
-                    for i, (leaf, h) in enumerate(zip(leaves, hashes, strict=True))
-                )
+                if checked is None:
+                    hashes = verify_bundle(tree, block, leaves, prefix=prefix)
+                    batch.extend(
+                        self._prepare(leaf, base + i, h)
+                        for i, (leaf, h) in enumerate(zip(leaves, hashes, strict=True))
+                    )
+                else:
+                    batch.extend(self._prepared(tree, block, leaves, prefix, base, checked))
                 batch_bytes += len(data)
                 position += len(leaves)
                 last = block == tree.bundle_count - 1
@@ -564,8 +598,38 @@ class _Sync:
         finally:
             for _, pending in inflight:
                 pending.cancel()
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         if position != tree.size:  # pragma: no cover - bundle_ref widths always sum to size
             raise ProofError(f"mirror {info.name} ended at {position}, not {tree.size}")
+
+    def _prepared(
+        self,
+        tree: VerifiedTree,
+        block: int,
+        leaves: list[bytes],
+        prefix: list[bytes],
+        base: int,
+        checked: _Checked,
+    ) -> list[PreparedRecord]:
+        """PreparedRecords of a bundle a worker checked: its hashes verified against the tree
+        first, then the first record it flagged (if any) checked here for the exact error."""
+        hashes, facts, bad = checked
+        verify_bundle_hashes(tree, block, hashes, prefix=prefix)  # ProofError before FormatError
+        if bad >= 0:
+            leaf = leaves[bad]
+            self._prepare(leaf, base + bad, hashes[bad * 32 : bad * 32 + 32])  # raises
+            # The worker refused what this process accepts: a bug; never store around it.
+            raise RuntimeError(f"leaf {base + bad}: worker and sync disagree on its record")
+        out: list[PreparedRecord] = []
+        append = out.append
+        for i, (leaf, fact) in enumerate(zip(leaves, facts, strict=True)):
+            h = hashes[i * 32 : i * 32 + 32]
+            if type(fact) is tuple:
+                append(PreparedRecord(EntryRef(fact[0]), leaf, h, fact[1]))
+            else:
+                append(PreparedRecord(cast(RecordView, fact), leaf, h, None))
+        return out
 
     def _prepare(self, leaf: bytes, index: int, leaf_hash: bytes) -> PreparedRecord:
         try:
@@ -577,6 +641,22 @@ class _Sync:
                 field=f"index {index}",
             ) from e
         return PreparedRecord.bulk(record, leaf, leaf_hash)
+
+
+#: what a worker returns for one bundle (node.federation.prepare.check_bundle)
+_Checked = tuple[bytes, list[LeafFacts], int]
+
+
+def _worker_pool() -> concurrent.futures.ProcessPoolExecutor:
+    """Worker processes for one large sync: all cores but the one this process stores with.
+
+    Started fresh ("spawn": this process has threads, which a fork would copy mid-state) and shut
+    down when the sync ends; starting them costs well under a second, against minutes of sync.
+    """
+    workers = max(1, min((os.cpu_count() or 2) - 1, 4))
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+    )
 
 
 # -- retry policy ---------------------------------------------------------------------------------
