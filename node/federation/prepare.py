@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 
 from node.storage import hash_key
+from protocol import merkle
 from protocol import tiles as tlog
 from protocol.errors import ProtocolError
 from protocol.scan import EntryView, RecordView, scan_record
@@ -24,9 +25,14 @@ from protocol.scan import EntryView, RecordView, scan_record
 LeafFacts = tuple[str, bytes] | RecordView
 
 
-def check_bundle(data: bytes, width: int, offset: int) -> tuple[bytes, list[LeafFacts], int]:
+#: what :func:`check_bundle` returns
+Checked = tuple[bytes, list[LeafFacts], int, bytes | None]
+
+
+def check_bundle(data: bytes, width: int, offset: int) -> Checked:
     """(leaf hashes concatenated, facts of the valid leading leaves, index of the first invalid
-    leaf or -1) for the leaves ``offset..`` of an entry bundle of ``width`` leaves.
+    leaf or -1, the RFC 9162 root of a whole 256-leaf bundle or None) for the leaves
+    ``offset..`` of an entry bundle of ``width`` leaves.
 
     Every leaf is hashed, valid or not, so the caller can first verify the bundle against the
     tree and only then report a bad record (the order of errors of the in-process path). A
@@ -35,17 +41,20 @@ def check_bundle(data: bytes, width: int, offset: int) -> tuple[bytes, list[Leaf
     try:
         leaves = tlog.decode_entry_bundle(data, width)[offset:]
     except ProtocolError:
-        return b"", [], 0
+        return b"", [], 0, None
     sha = hashlib.sha256
     hashes = b"".join([sha(b"\x00" + leaf).digest() for leaf in leaves])
+    root = (
+        merkle.root_from_concatenated_hashes(hashes) if len(leaves) == tlog.TILE_WIDTH else None
+    )
     facts: list[LeafFacts] = []
     for i, leaf in enumerate(leaves):
         try:
             view = scan_record(leaf)
         except ProtocolError:
-            return hashes, facts, i
+            return hashes, facts, i, root
         if type(view) is EntryView:
             facts.append((view.id, hash_key(view.hash.type, view.hash.value)))
         else:
             facts.append(view)
-    return hashes, facts, -1
+    return hashes, facts, -1, root

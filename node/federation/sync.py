@@ -61,7 +61,8 @@ from node.config import check_org
 from node.errors import Conflict, NodeError, NotFound, SetupError
 from node.federation.fetch import PeerClient, PeerError
 from node.federation.members import MEMBERS_SET, Federation
-from node.federation.prepare import LeafFacts, check_bundle
+from node.federation.prepare import Checked as _Checked
+from node.federation.prepare import check_bundle
 from node.service import NodeService, check_set_name, check_tlp
 from node.storage import EntryRef, PreparedRecord, SetInfo
 from node.storage.federation import FederationStore
@@ -614,8 +615,19 @@ class _Sync:
     ) -> list[PreparedRecord]:
         """PreparedRecords of a bundle a worker checked: its hashes verified against the tree
         first, then the first record it flagged (if any) checked here for the exact error."""
-        hashes, facts, bad = checked
-        verify_bundle_hashes(tree, block, hashes, prefix=prefix)  # ProofError before FormatError
+        hashes, facts, bad, root = checked
+        # A whole bundle's root, computed by the worker from the very hashes it returned, is
+        # compared here; anything else (resumed mid-block, the final partial bundle, a
+        # mismatch, which then raises its error) is verified here in full. ProofError first,
+        # before any FormatError.
+        if (
+            root is None
+            or prefix
+            or block >= len(tree.block_hashes)
+            or len(hashes) != len(leaves) * merkle.HASH_SIZE
+            or root != tree.block_hashes[block]
+        ):
+            verify_bundle_hashes(tree, block, hashes, prefix=prefix)
         if bad >= 0:
             leaf = leaves[bad]
             self._prepare(leaf, base + bad, hashes[bad * 32 : bad * 32 + 32])  # raises
@@ -641,10 +653,6 @@ class _Sync:
                 field=f"index {index}",
             ) from e
         return PreparedRecord.bulk(record, leaf, leaf_hash)
-
-
-#: what a worker returns for one bundle (node.federation.prepare.check_bundle)
-_Checked = tuple[bytes, list[LeafFacts], int]
 
 
 def _worker_pool() -> concurrent.futures.ProcessPoolExecutor:

@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import msgspec
+
 from protocol.merkle import leaf_hash
 from protocol.records import Attestation, Entry, Membership, Revocation, encode_record
 from protocol.scan import EntryView, RecordView
@@ -69,24 +71,30 @@ class SetInfo:
     reshare_policy: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class EntryRef:
+class EntryRef(msgspec.Struct, frozen=True, gc=False):
     """All the append transaction reads of an entry whose bytes were validated moments ago.
 
     Bulk paths (a direct import, a mirror's sync) keep tens of thousands of entries in one
     transaction; a model or view per entry would cost ~1.3 KB each, this costs a few dozen bytes.
+    A frozen msgspec struct untracked by the garbage collector (it holds only strings, so it can
+    be in no reference cycle): see PreparedRecord.
     """
 
     id: str
     type: Literal["entry"] = "entry"
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedRecord:
+class PreparedRecord(msgspec.Struct, frozen=True, gc=False):
     """A validated record with everything the append transaction needs, computed outside it.
 
     ``record`` is the pydantic model, a :mod:`protocol.scan` view of the very same bytes (same
     attribute names), or for an entry on a bulk path just its :class:`EntryRef`.
+
+    A frozen msgspec struct that the garbage collector does not track: bulk paths hold a batch of
+    up to 32k of them, and as tracked objects (a slots dataclass) they made Python's full
+    collections walk the whole batch again and again: ~11 s of a 1M-leaf sync (60 s -> 49 s
+    with collection off). It refers to a record and bytes, never back to anything that refers
+    to it, so it can be in no reference cycle.
     """
 
     record: AnyRecord | RecordView | EntryRef
