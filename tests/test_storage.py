@@ -268,3 +268,38 @@ async def test_mirror_appends_exact_leaves_and_adopts_checkpoints(database_url: 
             await store.append_mirror("partner.example:csam", 4, [make_revocation(a)])
     finally:
         await store.close()
+
+
+async def test_sqlite_checkpoints_run_after_the_commit_and_keep_the_wal_small(
+    tmp_path: Any,
+) -> None:
+    """The writer commits WAL frames only; a large transaction's frames are then copied into the
+    database file on the checkpoint thread, and the next write starts the WAL over, cut back to
+    its size limit. Everything stays readable, and after a reopen too."""
+    from node.storage import sql as sql_module
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/node.db"
+    db, wal = tmp_path / "node.db", tmp_path / "node.db-wal"
+    store = await open_store(url)
+    prepared = [PreparedRecord.of(make_entry()) for _ in range(12_000)]
+    try:
+        await store.create_set("s", ORIGIN, "clear", "")
+        await store.append("s", prepared)  # ~15 MB of WAL frames
+        checkpointer = store._checkpointer
+        assert checkpointer is not None and checkpointer._running is not None
+        await checkpointer.wait()
+        assert db.stat().st_size > 8 << 20  # the pages are in the database file now
+        assert wal.stat().st_size > sql_module._WAL_CHECKPOINT_BYTES  # not yet reset
+        await store.append("s", [PreparedRecord.of(make_entry())])  # a small write
+        assert checkpointer._running is None  # a small WAL is left for later
+        assert wal.stat().st_size <= sql_module._WAL_CHECKPOINT_BYTES  # reset, cut back
+    finally:
+        await store.close()
+    store = await SqlStore.open(url)
+    try:
+        info = await store.get_set("s")
+        assert info.size == 12_001
+        got = await store.read_entries(info.id, 0, 12_000)
+        assert got == [p.data for p in prepared]
+    finally:
+        await store.close()
