@@ -705,13 +705,11 @@ def _scan_file(task: _Task) -> _Scan:
             data = _read(Path(path), "entry bundle")  # the exact error (or, if it is gone, data)
         except FormatError as e:
             return (e.message, e.field), None, None, None
-    split = _split_bundle(data, width)
-    if split is None:
-        try:
-            split = tiles.decode_entry_bundle(data, width)  # the exact error
-        except FormatError as e:
-            name = TileRef(0, first // TILE_WIDTH, width, is_entries=True).path()
-            return (f"entry bundle {name}: {e.message}", name), None, None, None
+    try:
+        split = tiles.decode_entry_bundle(data, width)
+    except FormatError as e:
+        name = TileRef(0, first // TILE_WIDTH, width, is_entries=True).path()
+        return (f"entry bundle {name}: {e.message}", name), None, None, None
     entries = split[:count]
     return (
         None,
@@ -719,23 +717,6 @@ def _scan_file(task: _Task) -> _Scan:
         entries if want_leaves else None,
         data if want_data else None,
     )
-
-
-def _split_bundle(data: bytes, count: int) -> list[bytes] | None:
-    """:func:`protocol.tiles.decode_entry_bundle` for a well-formed bundle, in half the time;
-    None for anything else (missing or trailing bytes), so that it gives the error."""
-    out: list[bytes] = []
-    append = out.append
-    pos = 0
-    try:
-        for _ in range(count):
-            start = pos + 2
-            pos = start + (data[pos] << 8 | data[pos + 1])
-            # A length past the end makes a short slice here, but then pos stays past the end.
-            append(data[start:pos])
-    except IndexError:
-        return None
-    return out if pos == len(data) else None
 
 
 def _worker(conn: Connection) -> None:

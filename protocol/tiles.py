@@ -334,6 +334,9 @@ def encode_entry_bundle(entries: Sequence[bytes]) -> bytes:
     """An entry bundle: each of 1..256 entries as ``uint16 big-endian length || bytes``."""
     if not 1 <= len(entries) <= TILE_WIDTH:
         raise FormatError("an entry bundle holds 1 to 256 entries", field="entries")
+    if all(type(e) is bytes and len(e) <= _MAX_ENTRY_LEN for e in entries):
+        # the common case, in one pass of C-level joins (a bulk append encodes every leaf here)
+        return b"".join([len(e).to_bytes(2, "big") + e for e in entries])
     parts: list[bytes] = []
     for i, entry in enumerate(entries):
         if not isinstance(entry, bytes | bytearray):
@@ -348,12 +351,40 @@ def encode_entry_bundle(entries: Sequence[bytes]) -> bytes:
     return b"".join(parts)
 
 
+def _split_bundle(data: bytes, count: int) -> list[bytes] | None:
+    """The ``count`` entries of a well-formed bundle, in about half the time of the checked walk;
+    None for anything else (missing or trailing bytes)."""
+    out: list[bytes] = []
+    append = out.append
+    pos = 0
+    try:
+        for _ in range(count):
+            start = pos + 2
+            pos = start + (data[pos] << 8 | data[pos + 1])
+            # A length past the end makes a short slice here, but then pos stays past the end:
+            # the next length read raises IndexError, or the final check below fails.
+            append(data[start:pos])
+    except IndexError:
+        return None
+    return out if pos == len(data) else None
+
+
 def decode_entry_bundle(data: bytes, count: int) -> list[bytes]:
     """Split an entry bundle into exactly ``count`` entries; no missing or trailing bytes."""
     if not _is_int(count) or not 1 <= count <= TILE_WIDTH:
         raise FormatError("an entry bundle holds 1 to 256 entries", field="count")
     if not isinstance(data, bytes | bytearray):
         raise FormatError("entry bundle must be bytes", field="data")
+    if type(data) is bytes:
+        split = _split_bundle(data, count)
+        if split is not None:
+            return split
+    # Anything irregular: the same walk again, checking each step, for the exact error.
+    return _walk_bundle(data, count)
+
+
+def _walk_bundle(data: bytes | bytearray, count: int) -> list[bytes]:
+    """decode_entry_bundle's checked walk: every step tested, each error named."""
     entries: list[bytes] = []
     pos = 0
     for i in range(count):

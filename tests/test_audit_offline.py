@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from protocol import audit as audit_module
 from protocol import merkle, tiles
@@ -442,29 +440,3 @@ def test_main_in_process(export: Path, signer: Signer, capsys: pytest.CaptureFix
     assert err["type"] == "InconsistentTreeError" and len(err["evidence"]) == 2
 
 
-# ---- the workers' fast bundle split --------------------------------------------------------------
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.binary(max_size=300), min_size=1, max_size=TILE_WIDTH),
-    st.integers(1, TILE_WIDTH),
-    st.integers(0, 1 << 20),
-    st.sampled_from(["none", "cut", "append", "flip"]),
-)
-def test_split_bundle_equals_decode_entry_bundle(
-    entries: list[bytes], count: int, where: int, change: str
-) -> None:
-    data = tiles.encode_entry_bundle(entries)
-    at = where % len(data)
-    if change == "cut":
-        data = data[:at]
-    elif change == "append":
-        data += bytes([where & 0xFF])
-    elif change == "flip":
-        data = data[:at] + bytes([data[at] ^ (1 << where % 8)]) + data[at + 1 :]
-    try:
-        expected: list[bytes] | None = tiles.decode_entry_bundle(data, count)
-    except FormatError:
-        expected = None
-    assert audit_module._split_bundle(data, count) == expected

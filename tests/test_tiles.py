@@ -385,3 +385,33 @@ def test_entry_bundle_limits() -> None:
 def test_entry_bundle_strict_decoding(data: bytes, count: int) -> None:
     with pytest.raises(FormatError):
         tiles.decode_entry_bundle(data, count)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=tiles.TILE_WIDTH),
+    st.integers(1, tiles.TILE_WIDTH),
+    st.integers(0, 1 << 20),
+    st.sampled_from(["none", "cut", "append", "flip"]),
+)
+def test_the_fast_bundle_split_equals_the_checked_walk(
+    entries: list[bytes], count: int, where: int, change: str
+) -> None:
+    """decode_entry_bundle's fast path gives exactly the checked walk's entries, and declines
+    (None) exactly where the walk raises: the walk then names the error."""
+    data = tiles.encode_entry_bundle(entries)
+    at = where % len(data)
+    if change == "cut":
+        data = data[:at]
+    elif change == "append":
+        data += bytes([where & 0xFF])
+    elif change == "flip":
+        data = data[:at] + bytes([data[at] ^ (1 << where % 8)]) + data[at + 1 :]
+    try:
+        expected: list[bytes] | None = tiles._walk_bundle(data, count)
+    except FormatError:
+        expected = None
+    assert tiles._split_bundle(data, count) == expected
+    if expected is not None:
+        assert tiles.decode_entry_bundle(data, count) == expected
+        assert tiles.decode_entry_bundle(bytearray(data), count) == expected  # type: ignore[arg-type]
