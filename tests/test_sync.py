@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from nodeutil import RunningNode, make_node_dir, running_node
 
-from node.errors import Conflict, NotFound, SetupError
+from node.errors import Conflict, NotFound, SetupError, Unavailable
 from node.federation import sync as sync_module
 from node.federation.fetch import PeerClient, PeerError
 from node.federation.push import run_subscriptions
@@ -159,6 +159,32 @@ async def test_sync_copies_the_log_and_resumes_mid_block(
         (status,) = await list_subscriptions(b.store)
         assert status.sync_error is None and status.synced_at is not None
         assert status.info.size == 702
+
+
+def _killed_worker(data: bytes, width: int, offset: int) -> Any:
+    """Stands in for check_bundle in a sync's worker process: the worker dies (as if killed)."""
+    os._exit(3)
+
+
+async def test_a_killed_worker_fails_the_sync_cleanly_and_the_next_one_resumes(
+    tmp_path: Path, node_a: RunningNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_workers(monkeypatch, True)
+    await publish(node_a, 300)
+    await wait_checkpoint(node_a, 300)
+    async with node_service(tmp_path / "b") as b:
+        await subscribe(b, node_a.url, SET, vkey=node_a.vkey)
+        # the worker pool pickles the function by name: the spawned process imports this module
+        monkeypatch.setattr(sync_module, "check_bundle", _killed_worker)
+        with pytest.raises(Unavailable, match=r"worker process .* stopped unexpectedly"):
+            await sync_once(b, MIRROR)
+        info = await b.store.get_set(MIRROR, kind="mirror")
+        assert (info.size, info.checkpoint) == (0, None)
+        monkeypatch.undo()
+        use_workers(monkeypatch, True)
+        result = await sync_once(b, MIRROR)
+        assert (result.before, result.after) == (0, 300)
+        await assert_mirrors(b, node_a, 300)
 
 
 class _StallingPeer(PeerClient):

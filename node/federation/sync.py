@@ -52,13 +52,14 @@ import random
 import weakref
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from sqlalchemy import select, update
 
 from node.config import check_org
-from node.errors import Conflict, NodeError, NotFound, SetupError
+from node.errors import Conflict, NodeError, NotFound, SetupError, Unavailable
 from node.federation.fetch import PeerClient, PeerError
 from node.federation.members import MEMBERS_SET, Federation
 from node.federation.prepare import Checked as _Checked
@@ -551,7 +552,13 @@ class _Sync:
             if pool is None:
                 return data, None
             loop = asyncio.get_running_loop()
-            checked = await loop.run_in_executor(pool, check_bundle, data, ref.width, offset)
+            try:
+                checked = await loop.run_in_executor(pool, check_bundle, data, ref.width, offset)
+            except BrokenProcessPool as e:  # a worker was killed (out of memory, a signal)
+                raise Unavailable(
+                    f"a record-check worker process of the sync of {info.name} stopped"
+                    " unexpectedly; nothing of this batch was stored and the sync will resume"
+                ) from e
             return data, checked
 
         def fetch_ahead() -> None:
