@@ -187,6 +187,38 @@ async def test_a_killed_worker_fails_the_sync_cleanly_and_the_next_one_resumes(
         await assert_mirrors(b, node_a, 300)
 
 
+class _CountingPeer(PeerClient):
+    """Counts the bundle requests open at once (each held a moment, so that they overlap)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, None)
+        self.open = self.most = 0
+
+    async def bundle(self, set_name: str, ref: TileRef) -> bytes:
+        self.open += 1
+        self.most = max(self.most, self.open)
+        try:
+            await asyncio.sleep(0.02)
+            return await super().bundle(set_name, ref)
+        finally:
+            self.open -= 1
+
+
+@pytest.mark.parametrize("workers", [False, True], ids=["in-process", "workers"])
+async def test_a_sync_keeps_a_bounded_number_of_requests_open(
+    tmp_path: Path, node_a: RunningNode, monkeypatch: pytest.MonkeyPatch, workers: bool
+) -> None:
+    use_workers(monkeypatch, workers)
+    await publish(node_a, 20 * 256)
+    await wait_checkpoint(node_a, 20 * 256)
+    async with node_service(tmp_path / "b") as b, _CountingPeer(node_a.url) as peer:
+        await subscribe(b, node_a.url, SET, vkey=node_a.vkey)
+        result = await sync_once(b, MIRROR, peer=peer)
+        assert (result.after, result.bundles) == (20 * 256, 20)
+    # four ahead in process; with workers up to 128 ahead but only 8 requests at a time
+    assert 2 <= peer.most <= (8 if workers else 4)
+
+
 class _StallingPeer(PeerClient):
     """Blocks forever before fetching bundle ``stall_at`` (so a test can cancel the sync)."""
 

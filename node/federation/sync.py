@@ -118,9 +118,11 @@ BATCH_BYTES: Final = 24 << 20
 #: a sync of at least this many leaves checks records in worker processes (node.federation.
 #: prepare), which then work while this process stores; smaller ones are not worth starting them
 PARALLEL_MIN_LEAVES = 65_536
-#: with workers, bundles in flight (fetched and being checked) ahead of the one being stored:
-#: enough to keep the workers busy through one append, ~64 x 140 KB of leaves at most
+#: with workers, bundles in flight (being fetched or checked, or done) ahead of the one being
+#: stored: enough to keep the workers busy through one append; ~128 x 140 KB of leaves at most
 PARALLEL_AHEAD: Final = 128
+#: of those, HTTP requests open at once: a subscriber stays a polite client of its partner
+BUNDLE_CONCURRENCY: Final = 8
 PARTNER: Final = "partner"
 
 #: process-wide counts of sync outcomes and evidence kinds (rendered by whoever exposes metrics):
@@ -547,8 +549,11 @@ class _Sync:
         batch_bytes = 0
         batch_start = position
 
+        http_slots = asyncio.Semaphore(BUNDLE_CONCURRENCY)
+
         async def fetch(ref: TileRef, offset: int) -> tuple[bytes, _Checked | None]:
-            data = await self.client.bundle(self.remote_set, ref)
+            async with http_slots:
+                data = await self.client.bundle(self.remote_set, ref)
             if pool is None:
                 return data, None
             loop = asyncio.get_running_loop()
