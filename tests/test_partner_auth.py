@@ -8,6 +8,7 @@ partner B (org-b.test) is a node key that signs requests to A.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -263,10 +264,23 @@ async def test_followed_coordinator_mirror(tmp_path: Path) -> None:
     store = await SqlStore.open(cfg.database_url)
     try:
         fed = Federation(store, cfg.org)
+        # The view is built again only when the trust rows or a membership log changed.
+        builds = 0
+        build = fed._build_view
+
+        async def counting() -> Any:
+            nonlocal builds
+            builds += 1
+            return await build()
+
+        fed._build_view = counting  # type: ignore[method-assign]
         assert await fed.caller_for(b.name, b.key_id) is None
+        await asyncio.gather(*(fed.caller_for(b.name, b.key_id) for _ in range(4)))
+        assert builds == 1
         await FederationStore(store).add_trust("org-c.test", "coordinator", "http://c",
                                                Signer.generate("c.test").verifier().vkey())
         assert await fed.caller_for(b.name, b.key_id) is None  # mirror not synced yet
+        assert builds == 2
         name = members_mirror_name("org-c.test")
         await store.create_mirror(name, "node-c.test/members", remote_url="http://c",
                                   remote_org="org-c.test", remote_set="members", tlp="green")
@@ -276,11 +290,13 @@ async def test_followed_coordinator_mirror(tmp_path: Path) -> None:
         await store.append_mirror(name, 0, [admit])
         who = await fed.caller_for(b.name, b.key_id)
         assert who is not None and (who.org, who.source) == (B_ORG, "coordinator:org-c.test")
+        assert builds == 3  # the mirror appeared and grew
         node_key = await fed.node_verifier(B_ORG)
         assert node_key == b.verifier()
         log_key = await fed.set_verifier("node-b.test/csam")
         assert log_key == b.with_name("node-b.test/csam").verifier()
         assert await fed.set_verifier("node-x.test/csam") is None
+        assert builds == 3  # nothing changed meanwhile
         assert [m.org for m in await fed.members()] == [B_ORG]
         # A pinned row cannot override the coordinator's suspension.
         await FederationStore(store).add_trust(B_ORG, "partner", "http://b", b.verifier().vkey())

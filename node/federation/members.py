@@ -155,8 +155,9 @@ async def fold_log(
 class Federation:
     """Cached membership of every trusted coordinator, plus pinned partners (one per process).
 
-    Every public method refreshes first: one query for the trust rows and one per membership log
-    for its size, and a fold of only the records added since the last call.
+    Every public method refreshes first: one query for the trust rows and one for the
+    membership logs' sizes; only when either changed, a fold of the records added since (under
+    a lock, see ``_view``).
     """
 
     def __init__(
@@ -169,6 +170,8 @@ class Federation:
         self._folded: dict[tuple[str, str], _Folded] = {}
         self._partial: dict[tuple[str, str], MembershipState] = {}
         self._lock = asyncio.Lock()
+        #: the last view, keyed by the trust rows and the membership logs' (id, size) it saw
+        self._cached: tuple[tuple[Any, ...], _View] | None = None
 
     def now(self) -> datetime:
         return self._clock()
@@ -204,19 +207,44 @@ class Federation:
         self._partial[(name, kind)] = state
 
     async def _view(self) -> _View:
+        """The current view: the cached one if neither the trust rows nor any membership log
+        changed since it was built, else a new one (under the lock: folds are incremental).
+
+        The check is two reads on the read pool and takes no lock, so concurrent signed
+        requests no longer queue behind each other here (each held the lock for three queries:
+        ~41 ms per request with eight in flight against a busy node).
+        """
+        anchors = tuple(await self.fed_store.list_trust())
+        logs = [(MEMBERS_SET, "local")] + [
+            (members_mirror_name(a.org), "mirror")
+            for a in anchors
+            if a.kind == "coordinator" and a.org != self.org
+        ]
+        key = (anchors, await self.store.set_sizes(logs))
+        cached = self._cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
         async with self._lock:
-            anchors = await self.fed_store.list_trust()
-            logs = [(f"coordinator:{self.org}", await self._fold(MEMBERS_SET, "local", self.org))]
-            for a in anchors:
-                if a.kind == "coordinator" and a.org != self.org:
-                    folded = await self._fold(members_mirror_name(a.org), "mirror", a.org)
-                    logs.append((f"coordinator:{a.org}", folded))
-            states = tuple((src, f.state) for src, f in logs if f is not None and not f.error)
-            vetoed = frozenset(
-                org for _, f in logs if f is not None and f.error for org in f.state.members
-            )
-            pinned = tuple(pinned_member(a) for a in anchors if a.kind == "partner")
-            return _View(states, pinned, vetoed)
+            view = await self._build_view()
+            # Keyed by what was read before the build: if anything changed in between, the view
+            # is newer than the key, and the next call, reading the newer state, builds again.
+            self._cached = (key, view)
+            return view
+
+    async def _build_view(self) -> _View:
+        """Fold what changed and assemble the view (the caller holds the lock)."""
+        anchors = await self.fed_store.list_trust()
+        logs = [(f"coordinator:{self.org}", await self._fold(MEMBERS_SET, "local", self.org))]
+        for a in anchors:
+            if a.kind == "coordinator" and a.org != self.org:
+                folded = await self._fold(members_mirror_name(a.org), "mirror", a.org)
+                logs.append((f"coordinator:{a.org}", folded))
+        states = tuple((src, f.state) for src, f in logs if f is not None and not f.error)
+        vetoed = frozenset(
+            org for _, f in logs if f is not None and f.error for org in f.state.members
+        )
+        pinned = tuple(pinned_member(a) for a in anchors if a.kind == "partner")
+        return _View(states, pinned, vetoed)
 
     async def problems(self) -> dict[str, str]:
         """Membership logs that broke a rule (set name -> why): their coordinators vouch for

@@ -197,6 +197,26 @@ class SqlStore:
             rows = (await conn.execute(query)).all()
         return [_set_info(r) for r in rows]
 
+    async def set_sizes(
+        self, names: Sequence[tuple[str, str]]
+    ) -> tuple[tuple[str, str, int, int], ...]:
+        """(name, kind, id, size) of those of the (name, kind) sets that exist, sorted: one
+        cheap query telling whether any of them changed (sets only grow, or are replaced)."""
+        if not names:
+            return ()
+        async with self._read.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(sets.c.name, sets.c.kind, sets.c.id, sets.c.size).where(
+                        sets.c.name.in_(sorted({n for n, _ in names}))
+                    )
+                )
+            ).all()
+        wanted = set(names)
+        return tuple(sorted(
+            (str(n), str(k), int(i), int(z)) for n, k, i, z in rows if (n, k) in wanted
+        ))
+
     async def _lock_set(
         self, conn: AsyncConnection, set_name: str, kind: str = "local"
     ) -> Row[Any]:
