@@ -3,7 +3,8 @@
 A bootstrap sync of a large set spends as long checking records (``scan_record``) and hashing
 leaves as SQLite spends storing them, and both need the GIL. For a large sync,
 :mod:`node.federation.sync` therefore sends each fetched bundle's bytes to a worker process
-running :func:`check_bundle` while the node's own process stores the previous batch.
+running :func:`check_bundle` while the node's own process stores the previous batch (a small
+sync runs the same function in its own process, so both take one path).
 
 Only bytes go to a worker and only compact facts come back. A worker decides nothing: the sync
 still verifies the returned hashes against the signed tree before it stores anything, and any
@@ -35,7 +36,7 @@ def check_bundle(data: bytes, width: int, offset: int) -> Checked:
     ``offset..`` of an entry bundle of ``width`` leaves.
 
     Every leaf is hashed, valid or not, so the caller can first verify the bundle against the
-    tree and only then report a bad record (the order of errors of the in-process path). A
+    tree and only then report a bad record (a tampered bundle is a ProofError, not a bad record). A
     malformed bundle gives empty hashes and index 0: the caller's own decode raises its error.
     """
     try:

@@ -54,7 +54,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final, NoReturn, cast
 
 from sqlalchemy import select, update
 
@@ -83,7 +83,6 @@ from protocol.errors import (
 from protocol.mirror import (
     VerifiedTree,
     mirror_tiles_needed,
-    verify_bundle,
     verify_bundle_hashes,
     verify_tree_tiles,
 )
@@ -525,13 +524,14 @@ class _Sync:
         every index page it touched: 256-leaf commits cost SQLite several times the write volume
         of 32k-leaf ones on a million-entry mirror (bench/README.md, "Sync").
 
-        A sync of PARALLEL_MIN_LEAVES or more leaves has worker processes check the records and
-        hash the leaves (:func:`node.federation.prepare.check_bundle`) for up to PARALLEL_AHEAD
-        bundles ahead, so they work while this process stores the previous batch. (Overlapping
-        in threads was measured too: no gain, as both halves hold the GIL.) The hashes a worker
-        returns are verified against the tree here, exactly as :func:`verify_bundle` does, and
-        a record it flags is checked again here for the exact error; what is stored is this
-        process's own split of the very bytes that were checked.
+        Each bundle's records are checked and its leaves hashed by
+        :func:`node.federation.prepare.check_bundle`: in this process for a small sync, and for
+        one of PARALLEL_MIN_LEAVES or more in worker processes, up to PARALLEL_AHEAD bundles
+        ahead, so they work while this process stores the previous batch. (Overlapping in
+        threads was measured too: no gain, as both halves hold the GIL.) Either way the hashes
+        are verified against the tree here before anything else, and a record flagged is checked
+        again here for the exact error (:meth:`_prepared`); what is stored is this process's own
+        split of the very bytes that were checked.
 
         Crash safety: each append is at exactly the size the previous one left and only the last
         carries the partner's note. A crash leaves the mirror at the end of the last committed
@@ -544,18 +544,18 @@ class _Sync:
         blocks = iter(range(first, tree.bundle_count))
         pool = _worker_pool() if tree.size - position >= PARALLEL_MIN_LEAVES else None
         ahead = PARALLEL_AHEAD if pool is not None else BUNDLE_PREFETCH
-        inflight: deque[tuple[int, asyncio.Task[tuple[bytes, _Checked | None]]]] = deque()
+        inflight: deque[tuple[int, int, asyncio.Task[tuple[bytes, _Checked]]]] = deque()
         batch: list[PreparedRecord] = []
         batch_bytes = 0
         batch_start = position
 
         http_slots = asyncio.Semaphore(BUNDLE_CONCURRENCY)
 
-        async def fetch(ref: TileRef, offset: int) -> tuple[bytes, _Checked | None]:
+        async def fetch(ref: TileRef, offset: int) -> tuple[bytes, _Checked]:
             async with http_slots:
                 data = await self.client.bundle(self.remote_set, ref)
             if pool is None:
-                return data, None
+                return data, check_bundle(data, ref.width, offset)
             loop = asyncio.get_running_loop()
             try:
                 checked = await loop.run_in_executor(pool, check_bundle, data, ref.width, offset)
@@ -572,30 +572,20 @@ class _Sync:
                 if block is None:
                     return
                 offset = position - (block << TILE_HEIGHT) if block == first else 0
-                inflight.append(
-                    (block, asyncio.ensure_future(fetch(tree.bundle_ref(block), offset)))
-                )
+                task = asyncio.ensure_future(fetch(tree.bundle_ref(block), offset))
+                inflight.append((block, offset, task))
 
         try:
             fetch_ahead()
             while inflight:
-                block, task = inflight.popleft()
+                block, offset, task = inflight.popleft()
                 data, checked = await task
                 fetch_ahead()
                 self.bundles += 1
-                ref = tree.bundle_ref(block)
-                offset = position - (block << TILE_HEIGHT) if block == first else 0
-                leaves = tlog.decode_entry_bundle(data, ref.width)[offset:]
+                leaves = tlog.decode_entry_bundle(data, tree.bundle_ref(block).width)[offset:]
                 prefix = await self._block_prefix(block, offset) if offset else []
                 base = (block << TILE_HEIGHT) + offset
-                if checked is None:
-                    hashes = verify_bundle(tree, block, leaves, prefix=prefix)
-                    batch.extend(
-                        self._prepare(leaf, base + i, h)
-                        for i, (leaf, h) in enumerate(zip(leaves, hashes, strict=True))
-                    )
-                else:
-                    batch.extend(self._prepared(tree, block, leaves, prefix, base, checked))
+                batch.extend(self._prepared(tree, block, leaves, prefix, base, checked))
                 batch_bytes += len(data)
                 position += len(leaves)
                 last = block == tree.bundle_count - 1
@@ -609,7 +599,7 @@ class _Sync:
                     sync_counters["records"] += len(batch)
                     batch, batch_bytes, batch_start = [], 0, position
         finally:
-            for _, pending in inflight:
+            for _, _, pending in inflight:
                 pending.cancel()
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -625,10 +615,10 @@ class _Sync:
         base: int,
         checked: _Checked,
     ) -> list[PreparedRecord]:
-        """PreparedRecords of a bundle a worker checked: its hashes verified against the tree
+        """PreparedRecords of a bundle check_bundle checked: its hashes verified against the tree
         first, then the first record it flagged (if any) checked here for the exact error."""
         hashes, facts, bad, root = checked
-        # A whole bundle's root, computed by the worker from the very hashes it returned, is
+        # A whole bundle's root, computed by check_bundle from the very hashes it returned, is
         # compared here; anything else (resumed mid-block, the final partial bundle, a
         # mismatch, which then raises its error) is verified here in full. ProofError first,
         # before any FormatError.
@@ -641,30 +631,30 @@ class _Sync:
         ):
             verify_bundle_hashes(tree, block, hashes, prefix=prefix)
         if bad >= 0:
-            leaf = leaves[bad]
-            self._prepare(leaf, base + bad, hashes[bad * 32 : bad * 32 + 32])  # raises
-            # The worker refused what this process accepts: a bug; never store around it.
-            raise RuntimeError(f"leaf {base + bad}: worker and sync disagree on its record")
+            self._raise_record_error(leaves[bad], base + bad)
         out: list[PreparedRecord] = []
         append = out.append
+        size = merkle.HASH_SIZE
         for i, (leaf, fact) in enumerate(zip(leaves, facts, strict=True)):
-            h = hashes[i * 32 : i * 32 + 32]
+            h = hashes[i * size : (i + 1) * size]
             if type(fact) is tuple:
                 append(PreparedRecord(EntryRef(fact[0]), leaf, h, fact[1]))
             else:
                 append(PreparedRecord(cast(RecordView, fact), leaf, h, None))
         return out
 
-    def _prepare(self, leaf: bytes, index: int, leaf_hash: bytes) -> PreparedRecord:
+    def _raise_record_error(self, leaf: bytes, index: int) -> NoReturn:
+        """The error of leaf ``index``, which check_bundle refused, naming the leaf."""
         try:
-            record = scan_record(leaf)
+            scan_record(leaf)
         except FormatError as e:
             inner = f" ({e.field})" if e.field else ""
             raise type(e)(
                 f"leaf {index} of {self.info.origin} is not a valid record: {e.message}{inner}",
                 field=f"index {index}",
             ) from e
-        return PreparedRecord.bulk(record, leaf, leaf_hash)
+        # check_bundle refused what scan_record accepts here: a bug; never store around it.
+        raise RuntimeError(f"leaf {index}: check_bundle and scan_record disagree on its record")
 
 
 def _worker_pool() -> concurrent.futures.ProcessPoolExecutor:

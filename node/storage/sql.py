@@ -431,8 +431,7 @@ class SqlStore:
             targets = [
                 it.record.target
                 for it in items
-                if type(it.record) is not EntryRef
-                and isinstance(it.record, Revocation | RevocationView)
+                if isinstance(it.record, Revocation | RevocationView)
             ]
             found: dict[str, tuple[int, int | None]] = {}
             for chunk in _chunks(targets, _IN_CHUNK):
@@ -449,12 +448,12 @@ class SqlStore:
             revoked: list[dict[str, Any]] = []
             attestations: list[dict[str, Any]] = []
             # Only entries that a revocation of this batch names need remembering (~1% of a
-            # log's records); the test on the exact type first is the bulk path's fast case.
+            # log's records), not one tuple per entry of a 32k batch.
             wanted = set(targets)
             index = size
             for it in items:
                 rec = it.record
-                if type(rec) is EntryRef or isinstance(rec, Entry | EntryView | EntryRef):
+                if isinstance(rec, Entry | EntryView | EntryRef):
                     if rec.id in wanted:
                         found[rec.id] = (index, None)
                 elif isinstance(rec, Revocation | RevocationView):
