@@ -341,7 +341,6 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
     revocations: list[tuple[int, str, tuple[Any, ...]]] = []
     #: revocation targets that were not (yet) among the bundle's entries when revoked
     not_yet: list[bytes] = []
-    bundle = (first >> 8).to_bytes(6, "big")
     for offset, data in enumerate(entries):
         if type(data) is not bytes:
             return _slow_scan(entries, first)
@@ -355,7 +354,7 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
         if type(record) is EntryView:
             ref = refs.get(author)
             if ref is None:
-                ref = refs[author] = bundle + bytes((len(refs),))
+                ref = refs[author] = _author_ref(first >> 8, len(refs))
             h = record.hash
             ids[fromhex(record.id)] = _hash_key(h.type, h.value) + ref
             hash_types.append(h.type)
