@@ -303,3 +303,35 @@ async def test_sqlite_checkpoints_run_after_the_commit_and_keep_the_wal_small(
         assert got == [p.data for p in prepared]
     finally:
         await store.close()
+
+
+async def test_sqlite_new_database_has_16k_pages_and_an_old_one_keeps_its_own(
+    tmp_path: Any,
+) -> None:
+    """A database created by this hashfed uses 16 KiB pages; a file created with 4 KiB pages by an
+    earlier one opens, migrates and works unchanged (page_size cannot change without a VACUUM)."""
+    import sqlite3
+
+    from node.storage import sql as sql_module
+
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/new.db")
+    await store.close()
+    with sqlite3.connect(tmp_path / "new.db") as con:
+        assert con.execute("PRAGMA page_size").fetchone() == (sql_module.SQLITE_PAGE_SIZE,)
+
+    with sqlite3.connect(tmp_path / "old.db") as con:  # what an earlier hashfed left behind
+        con.execute("PRAGMA page_size=4096")
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE placeholder (x)")
+        con.execute("DROP TABLE placeholder")
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/old.db")
+    try:
+        await store.create_set("s", ORIGIN, "clear", "")
+        entry = PreparedRecord.of(make_entry())
+        await store.append("s", [entry])
+        info = await store.get_set("s")
+        assert await store.read_entries(info.id, 0, 1) == [entry.data]
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "old.db") as con:
+        assert con.execute("PRAGMA page_size").fetchone() == (4096,)

@@ -1047,6 +1047,9 @@ class _Checkpointer:
             self._conn = None
 
 
+SQLITE_PAGE_SIZE = 16384
+
+
 def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
     """WAL, full durability, a busy timeout; and BEGIN IMMEDIATE for the writer engine.
 
@@ -1058,6 +1061,12 @@ def _sqlite_pragmas(engine: AsyncEngine, *, immediate: bool) -> None:
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
+        # Applies only to a database that has no tables yet (an existing file keeps its page
+        # size), so it must come before anything writes. 16 KiB pages: SQLite writes a WAL frame
+        # per page with its own system call, and a commit that inserts random hash keys dirties
+        # pages all over the hash index. Measured in plain sqlite3 with our schema (bench/README):
+        # 1M rows 24.6 s with 4 KiB pages, 16.4 s with 16 KiB, 16.9 s with 32 KiB.
+        cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA busy_timeout=30000")
