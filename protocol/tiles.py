@@ -283,7 +283,11 @@ def consistency_proof(
 
 
 def update_tiles(
-    old_size: int, edge: Mapping[TileRef, bytes], new_leaf_hashes: Sequence[bytes]
+    old_size: int,
+    edge: Mapping[TileRef, bytes],
+    new_leaf_hashes: Sequence[bytes],
+    *,
+    known_roots: Mapping[int, bytes] | None = None,
 ) -> dict[TileRef, bytes]:
     """Every tile that appending ``new_leaf_hashes`` to a tree of ``old_size`` creates or changes.
 
@@ -291,6 +295,12 @@ def update_tiles(
     the append reaches are read).  The result is keyed by each tile's ref at the new size: newly
     full tiles with width 256, the new right edge with its partial width.  Tiles are processed a
     level at a time on concatenated bytes, so the cost is one SHA-256 per new tree node.
+
+    ``known_roots`` maps level-0 tile indices to the MTH of that full tile's 256 leaf hashes,
+    for a caller that has already computed and verified them (a mirror's sync checks every
+    block's hash against the partner's signed tree); those are used instead of hashing the tile
+    again, which is most of this function's work. The caller vouches for them: a wrong one goes
+    into the level-1 tile as it is.
     """
     _check_size(old_size, "old_size")
     if not new_leaf_hashes:
@@ -314,11 +324,17 @@ def update_tiles(
         total = kept + new_count
         full_tiles = total >> TILE_HEIGHT
         parents: list[bytes] = []
+        known = known_roots if level == 0 and known_roots else {}
         for t in range(full_tiles):
             chunk = stream[t * _FULL_TILE_BYTES : (t + 1) * _FULL_TILE_BYTES]
             out[TileRef(level, first_tile + t, TILE_WIDTH)] = chunk
             # A full tile's MTH is the next tile level's next entry.
-            parents.append(merkle.root_from_concatenated_hashes(chunk))
+            root = known.get(first_tile + t)
+            if root is None:
+                root = merkle.root_from_concatenated_hashes(chunk)
+            elif type(root) is not bytes or len(root) != merkle.HASH_SIZE:
+                raise FormatError(f"known root of tile {first_tile + t} is not a 32-byte hash")
+            parents.append(root)
         rest = total & (TILE_WIDTH - 1)
         if rest:
             out[TileRef(level, first_tile + full_tiles, rest)] = stream[

@@ -16,6 +16,7 @@ from protocol import tiles as tlog
 from protocol.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
 from protocol.note import Signer
 from protocol.records import Entry, decode_record, new_nonce, new_record_id, record_from_dict
+from protocol.tiles import TileRef
 
 ORIGIN = "node.example/test"
 
@@ -335,3 +336,52 @@ async def test_sqlite_new_database_has_16k_pages_and_an_old_one_keeps_its_own(
         await store.close()
     with sqlite3.connect(tmp_path / "old.db") as con:
         assert con.execute("PRAGMA page_size").fetchone() == (4096,)
+
+
+async def test_mirror_append_stores_given_whole_blocks_as_they_are(tmp_path: Any) -> None:
+    """append_mirror's ``blocks``: a whole block's bundle bytes and subtree hash, as a sync
+    fetched and verified them, are stored and used instead of being encoded and hashed again;
+    the result is the same database as without them, and partial blocks are unaffected."""
+
+    prepared = [PreparedRecord.of(make_entry()) for _ in range(600)]
+    leaves = [p.leaf_hash for p in prepared]
+    states = []
+    for name, given in (("plain", False), ("given", True)):
+        store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/{name}.db")
+        try:
+            await store.create_mirror(
+                "p:s", "p.example/s", remote_url="http://127.0.0.1:1", remote_org="p.example",
+                remote_set="s", tlp="clear",
+            )
+            await store.append_mirror("p:s", 0, prepared[:100])
+            whole = prepared[256:512]
+            blocks = {
+                1: (tlog.encode_entry_bundle([p.data for p in whole]),
+                    merkle.root_from_leaf_hashes(leaves[256:512]))
+            } if given else None
+            # block 0 completes here but began earlier, block 1 is whole, block 2 stays partial
+            info = await store.append_mirror("p:s", 100, prepared[100:], blocks=blocks)
+            assert info.root == merkle.root_from_leaf_hashes(leaves)
+            got = await store.read_entries(info.id, 0, 600)
+            assert got == [p.data for p in prepared]
+            states.append((
+                await store.read_tiles(info.id, tlog.tiles_for_size(600)),
+                [await store.read_bundle(info.id, n) for n in range(2)],
+            ))
+        finally:
+            await store.close()
+    assert states[0] == states[1]
+
+    # They are really what is stored (unchecked: the sync vouches for them, having verified them)
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path}/marked.db")
+    try:
+        await store.create_mirror(
+            "p:s", "p.example/s", remote_url="http://127.0.0.1:1", remote_org="p.example",
+            remote_set="s", tlp="clear",
+        )
+        marker = tlog.encode_entry_bundle([b"given"] * 256)
+        info = await store.append_mirror("p:s", 0, prepared[:256], blocks={0: (marker, b"\1" * 32)})
+        assert await store.read_bundle(info.id, 0) == marker
+        assert (await store.read_tiles(info.id, [TileRef(1, 0, 1)]))[TileRef(1, 0, 1)] == b"\1" * 32
+    finally:
+        await store.close()

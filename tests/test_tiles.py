@@ -259,6 +259,22 @@ def test_update_tiles_large_append_onto_existing_tree() -> None:
     )
 
 
+def test_update_tiles_with_known_roots_gives_the_same_tiles() -> None:
+    """Known level-0 roots (a sync's verified block hashes) stand in for hashing those tiles."""
+    leaves = [os.urandom(32) for _ in range(1_000)]
+    before = tiles.update_tiles(0, {}, leaves[:100])
+    edge = {ref: before[ref] for ref in tiles.right_edge_tiles(100)}
+    known = {n: merkle.root_from_leaf_hashes(leaves[n * 256 : (n + 1) * 256]) for n in (1, 2)}
+    plain = tiles.update_tiles(100, edge, leaves[100:])
+    assert tiles.update_tiles(100, edge, leaves[100:], known_roots=known) == plain
+    # and they are used as they are, unchecked (the caller vouches): a wrong one shows up
+    wrong = tiles.update_tiles(100, edge, leaves[100:], known_roots={1: b"\x01" * 32})
+    assert wrong[TileRef(0, 1, 256)] == plain[TileRef(0, 1, 256)]
+    assert wrong[TileRef(1, 0, 3)] != plain[TileRef(1, 0, 3)]
+    with pytest.raises(FormatError, match="known root of tile 2"):
+        tiles.update_tiles(100, edge, leaves[100:], known_roots={2: b"short"})
+
+
 def test_update_tiles_errors() -> None:
     h = b"\x00" * 32
     assert tiles.update_tiles(5, {}, []) == {}

@@ -89,7 +89,7 @@ from protocol.mirror import (
 from protocol.note import Verifier
 from protocol.records import timestamp
 from protocol.scan import RecordView, scan_record
-from protocol.tiles import TILE_HEIGHT, TileRef
+from protocol.tiles import TILE_HEIGHT, TILE_WIDTH, TileRef
 from protocol.verify import check_fork, verify_consistency_of
 
 log = logging.getLogger("hashfed.sync")
@@ -546,6 +546,7 @@ class _Sync:
         ahead = PARALLEL_AHEAD if pool is not None else BUNDLE_PREFETCH
         inflight: deque[tuple[int, int, asyncio.Task[tuple[bytes, _Checked]]]] = deque()
         batch: list[PreparedRecord] = []
+        whole: dict[int, tuple[bytes, bytes]] = {}  # whole blocks of the batch, as fetched
         batch_bytes = 0
         batch_start = position
 
@@ -586,6 +587,11 @@ class _Sync:
                 prefix = await self._block_prefix(block, offset) if offset else []
                 base = (block << TILE_HEIGHT) + offset
                 batch.extend(self._prepared(tree, block, leaves, prefix, base, checked))
+                if offset == 0 and len(leaves) == TILE_WIDTH:
+                    # _prepared verified these leaves against the tree, so this block's hash is
+                    # the signed tree's, and they are the strict split of these very bytes:
+                    # the store keeps both as they are (append_mirror's ``blocks``).
+                    whole[block] = (data, tree.block_hashes[block])
                 batch_bytes += len(data)
                 position += len(leaves)
                 last = block == tree.bundle_count - 1
@@ -595,9 +601,10 @@ class _Sync:
                         batch_start,
                         batch,
                         checkpoint=(note, tree.size, tree.root) if last else None,
+                        blocks=whole,
                     )
                     sync_counters["records"] += len(batch)
-                    batch, batch_bytes, batch_start = [], 0, position
+                    batch, whole, batch_bytes, batch_start = [], {}, 0, position
         finally:
             for _, _, pending in inflight:
                 pending.cancel()
