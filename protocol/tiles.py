@@ -302,16 +302,32 @@ def update_tiles(
     again, which is most of this function's work. The caller vouches for them: a wrong one goes
     into the level-1 tile as it is.
     """
+    merkle.check_hashes(new_leaf_hashes, "new_leaf_hashes")
+    return update_tiles_concatenated(
+        old_size, edge, b"".join(new_leaf_hashes), known_roots=known_roots
+    )
+
+
+def update_tiles_concatenated(
+    old_size: int,
+    edge: Mapping[TileRef, bytes],
+    new_leaf_hashes: bytes,
+    *,
+    known_roots: Mapping[int, bytes] | None = None,
+) -> dict[TileRef, bytes]:
+    """:func:`update_tiles` for the new leaf hashes given as one buffer of concatenated 32-byte
+    hashes (a tile's own format), as a bulk append holds them."""
     _check_size(old_size, "old_size")
+    if type(new_leaf_hashes) is not bytes or len(new_leaf_hashes) % merkle.HASH_SIZE:
+        raise FormatError("new_leaf_hashes must be concatenated 32-byte hashes")
     if not new_leaf_hashes:
         return {}
-    if old_size + len(new_leaf_hashes) > _MAX_SIZE:
+    new_count = len(new_leaf_hashes) // merkle.HASH_SIZE
+    if old_size + new_count > _MAX_SIZE:
         raise FormatError("the tree would exceed 2**64-1 leaves")
-    merkle.check_hashes(new_leaf_hashes, "new_leaf_hashes")
 
     out: dict[TileRef, bytes] = {}
-    new_entries = b"".join(new_leaf_hashes)  # the hashes appended at the current tile level
-    new_count = len(new_leaf_hashes)
+    new_entries = new_leaf_hashes  # the hashes appended at the current tile level
     level = 0
     while new_count:
         old_count = old_size >> (TILE_HEIGHT * level)  # hashes this tile level already had

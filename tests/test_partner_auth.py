@@ -24,7 +24,7 @@ from node.errors import BadRequest
 from node.federation import httpsig
 from node.federation.members import Federation, members_mirror_name
 from node.service import NodeService
-from node.storage import PreparedRecord
+from node.storage import MirrorLeaves, PreparedRecord
 from node.storage.federation import FederationStore
 from node.storage.sql import SqlStore
 from protocol.errors import VerificationError
@@ -287,7 +287,7 @@ async def test_followed_coordinator_mirror(tmp_path: Path) -> None:
         admit = _membership("org-c.test", "admit", B_ORG, name="B", node_url="http://b",
                             vkeys=(b.verifier().vkey(),), roles=("publisher",),
                             valid_from="2020-01-01T00:00:00Z")
-        await store.append_mirror(name, 0, [admit])
+        await store.append_mirror(name, 0, [MirrorLeaves.of(0, [admit])])
         who = await fed.caller_for(b.name, b.key_id)
         assert who is not None and (who.org, who.source) == (B_ORG, "coordinator:org-c.test")
         assert builds == 3  # the mirror appeared and grew
@@ -300,15 +300,16 @@ async def test_followed_coordinator_mirror(tmp_path: Path) -> None:
         assert [m.org for m in await fed.members()] == [B_ORG]
         # A pinned row cannot override the coordinator's suspension.
         await FederationStore(store).add_trust(B_ORG, "partner", "http://b", b.verifier().vkey())
-        await store.append_mirror(name, 1, [_membership("org-c.test", "suspend", B_ORG)])
+        await store.append_mirror(
+            name, 1, [MirrorLeaves.of(1, [_membership("org-c.test", "suspend", B_ORG)])]
+        )
         assert await fed.caller_for(b.name, b.key_id) is None
         assert await fed.node_verifier(B_ORG) is None
         # A record the rules refuse (a forged author) makes that coordinator vouch for nobody.
-        await store.append_mirror(name, 2, [_membership("org-x.test", "admit", B_ORG, name="B",
-                                                        node_url="http://b",
-                                                        vkeys=(b.verifier().vkey(),),
-                                                        roles=("publisher",),
-                                                        valid_from="2020-01-01T00:00:00Z")])
+        forged = _membership("org-x.test", "admit", B_ORG, name="B", node_url="http://b",
+                             vkeys=(b.verifier().vkey(),), roles=("publisher",),
+                             valid_from="2020-01-01T00:00:00Z")
+        await store.append_mirror(name, 2, [MirrorLeaves.of(2, [forged])])
         assert await fed.caller_for(b.name, b.key_id) is None
         assert name in await fed.problems()
     finally:

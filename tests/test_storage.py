@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from node.errors import Conflict, NotFound, SetupError
-from node.storage import PreparedRecord, hash_key
+from node.storage import MirrorLeaves, PreparedRecord, hash_key
 from node.storage.sql import SqlStore
 from protocol import merkle
 from protocol import tiles as tlog
@@ -247,26 +247,28 @@ async def test_mirror_appends_exact_leaves_and_adopts_checkpoints(database_url: 
         a, b = make_entry(), make_entry()
         dup = make_entry(a.hash.value)  # a partner's log may hold what we would call duplicates
         items = [PreparedRecord.of(a), PreparedRecord.of(b), PreparedRecord.of(dup)]
-        info = await store.append_mirror("partner.example:csam", 0, items)
+        info = await store.append_mirror("partner.example:csam", 0, [MirrorLeaves.of(0, items)])
         assert info.size == 3 and info.checkpoint is None
         with pytest.raises(Conflict):  # someone else advanced it: the cursor is the size
-            await store.append_mirror("partner.example:csam", 0, items)
+            await store.append_mirror("partner.example:csam", 0, [MirrorLeaves.of(0, items)])
 
         rev = make_revocation(a)
         leaves = [it.leaf_hash for it in items] + [rev.leaf_hash]
         root = merkle.root_from_leaf_hashes(leaves)
         with pytest.raises(VerificationError):  # wrong root: nothing adopted, nothing stored
-            await store.append_mirror("partner.example:csam", 3, [rev],
+            await store.append_mirror("partner.example:csam", 3, [MirrorLeaves.of(3, [rev])],
                                       checkpoint=(b"note", 4, b"\0" * 32))
         assert (await store.get_set("partner.example:csam", kind="mirror")).size == 3
-        info = await store.append_mirror("partner.example:csam", 3, [rev],
+        info = await store.append_mirror("partner.example:csam", 3, [MirrorLeaves.of(3, [rev])],
                                          checkpoint=(b"note", 4, root))
         assert (info.size, info.checkpoint, info.checkpoint_size, info.root) == (
             4, b"note", 4, root)
         found = await store.find_entries(hash_key("sha256", a.hash.value))
         assert sorted((f.index, f.revoked_by) for f in found) == [(0, 3), (2, None)]
         with pytest.raises(VerificationError, match="not an active entry"):
-            await store.append_mirror("partner.example:csam", 4, [make_revocation(a)])
+            await store.append_mirror(
+                "partner.example:csam", 4, [MirrorLeaves.of(4, [make_revocation(a)])]
+            )
     finally:
         await store.close()
 
@@ -339,9 +341,18 @@ async def test_sqlite_new_database_has_16k_pages_and_an_old_one_keeps_its_own(
 
 
 async def test_mirror_append_stores_given_whole_blocks_as_they_are(tmp_path: Any) -> None:
-    """append_mirror's ``blocks``: a whole block's bundle bytes and subtree hash, as a sync
+    """MirrorLeaves with a bundle: a whole block's bundle bytes and subtree hash, as a sync
     fetched and verified them, are stored and used instead of being encoded and hashed again;
     the result is the same database as without them, and partial blocks are unaffected."""
+
+    def whole(start: int, items: list[PreparedRecord], bundle: bytes | None = None,
+              root: bytes | None = None) -> MirrorLeaves:
+        run = MirrorLeaves.of(start, items)
+        return MirrorLeaves(
+            start, [(*r[:4], None) for r in run.rows], run.hashes, run.records,
+            tlog.encode_entry_bundle([p.data for p in items]) if bundle is None else bundle,
+            merkle.root_from_leaf_hashes([p.leaf_hash for p in items]) if root is None else root,
+        )
 
     prepared = [PreparedRecord.of(make_entry()) for _ in range(600)]
     leaves = [p.leaf_hash for p in prepared]
@@ -353,14 +364,14 @@ async def test_mirror_append_stores_given_whole_blocks_as_they_are(tmp_path: Any
                 "p:s", "p.example/s", remote_url="http://127.0.0.1:1", remote_org="p.example",
                 remote_set="s", tlp="clear",
             )
-            await store.append_mirror("p:s", 0, prepared[:100])
-            whole = prepared[256:512]
-            blocks = {
-                1: (tlog.encode_entry_bundle([p.data for p in whole]),
-                    merkle.root_from_leaf_hashes(leaves[256:512]))
-            } if given else None
+            await store.append_mirror("p:s", 0, [MirrorLeaves.of(0, prepared[:100])])
             # block 0 completes here but began earlier, block 1 is whole, block 2 stays partial
-            info = await store.append_mirror("p:s", 100, prepared[100:], blocks=blocks)
+            runs = (
+                [MirrorLeaves.of(100, prepared[100:256]), whole(256, prepared[256:512]),
+                 MirrorLeaves.of(512, prepared[512:])]
+                if given else [MirrorLeaves.of(100, prepared[100:])]
+            )
+            info = await store.append_mirror("p:s", 100, runs)
             assert info.root == merkle.root_from_leaf_hashes(leaves)
             got = await store.read_entries(info.id, 0, 600)
             assert got == [p.data for p in prepared]
@@ -380,8 +391,14 @@ async def test_mirror_append_stores_given_whole_blocks_as_they_are(tmp_path: Any
             remote_set="s", tlp="clear",
         )
         marker = tlog.encode_entry_bundle([b"given"] * 256)
-        info = await store.append_mirror("p:s", 0, prepared[:256], blocks={0: (marker, b"\1" * 32)})
+        info = await store.append_mirror(
+            "p:s", 0, [whole(0, prepared[:256], marker, b"\1" * 32)]
+        )
         assert await store.read_bundle(info.id, 0) == marker
         assert (await store.read_tiles(info.id, [TileRef(1, 0, 1)]))[TileRef(1, 0, 1)] == b"\1" * 32
+        with pytest.raises(ValueError, match="do not follow"):  # runs must be consecutive
+            await store.append_mirror("p:s", 256, [MirrorLeaves.of(300, prepared[:1])])
+        with pytest.raises(ValueError, match="whole aligned block"):
+            MirrorLeaves(1, [], b"", [], marker, b"\1" * 32)
     finally:
         await store.close()

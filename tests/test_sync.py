@@ -161,7 +161,7 @@ async def test_sync_copies_the_log_and_resumes_mid_block(
         assert status.info.size == 702
 
 
-def _killed_worker(data: bytes, width: int, offset: int) -> Any:
+def _killed_worker(data: bytes, width: int, offset: int, base: int) -> Any:
     """Stands in for check_bundle in a sync's worker process: the worker dies (as if killed)."""
     os._exit(3)
 

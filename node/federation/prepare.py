@@ -6,9 +6,10 @@ leaves as SQLite spends storing them, and both need the GIL. For a large sync,
 running :func:`check_bundle` while the node's own process stores the previous batch (a small
 sync runs the same function in its own process, so both take one path).
 
-Only bytes go to a worker and only compact facts come back. A worker decides nothing: the sync
-still verifies the returned hashes against the signed tree before it stores anything, and any
-record a worker flags is checked again in the node's process, which raises the exact error.
+Only bytes go to a worker, and the rows the store inserts come back (without leaf bytes). A
+worker decides nothing: the sync still verifies the returned hashes against the signed tree
+before it stores anything, and any record a worker flags is checked again in the node's
+process, which raises the exact error.
 This module imports only ``protocol`` and the storage key function, so workers start quickly.
 """
 
@@ -16,24 +17,27 @@ from __future__ import annotations
 
 import hashlib
 
-from node.storage import hash_key
+from node.storage import RecordRow, hash_key
 from protocol import merkle
 from protocol import tiles as tlog
 from protocol.errors import ProtocolError
 from protocol.scan import EntryView, RecordView, scan_record
 
-#: an entry as (record id, hash key); any other record as its view
-LeafFacts = tuple[str, bytes] | RecordView
+#: what :func:`check_bundle` returns: (leaf hashes concatenated, rows, non-entry records, index
+#: of the first invalid leaf or -1, the root of a whole 256-leaf bundle or None)
+Checked = tuple[bytes, list[RecordRow], list[tuple[int, RecordView]], int, bytes | None]
 
 
-#: what :func:`check_bundle` returns
-Checked = tuple[bytes, list[LeafFacts], int, bytes | None]
+def check_bundle(data: bytes, width: int, offset: int, base: int) -> Checked:
+    """Check the leaves ``offset..`` of an entry bundle of ``width`` leaves, the first of which
+    is leaf ``base`` of its log.
 
-
-def check_bundle(data: bytes, width: int, offset: int) -> Checked:
-    """(leaf hashes concatenated, facts of the valid leading leaves, index of the first invalid
-    leaf or -1, the RFC 9162 root of a whole 256-leaf bundle or None) for the leaves
-    ``offset..`` of an entry bundle of ``width`` leaves.
+    Returns the leaf hashes (concatenated), the ``records`` rows of the valid leading leaves
+    (:data:`node.storage.RecordRow`, with their index in the log), ``(index, view)`` of those
+    that are not entries, the position of the first invalid leaf or -1, and the RFC 9162 root of
+    a whole 256-leaf bundle or None. The rows carry no leaf bytes: for a whole bundle the store
+    keeps the bundle itself (node.storage.MirrorLeaves), and for a partial one the caller adds
+    the bytes from its own split of the same bundle, so that only bytes it holds are stored.
 
     Every leaf is hashed, valid or not, so the caller can first verify the bundle against the
     tree and only then report a bad record (a tampered bundle is a ProofError, not a bad record). A
@@ -42,20 +46,24 @@ def check_bundle(data: bytes, width: int, offset: int) -> Checked:
     try:
         leaves = tlog.decode_entry_bundle(data, width)[offset:]
     except ProtocolError:
-        return b"", [], 0, None
+        return b"", [], [], 0, None
     sha = hashlib.sha256
     hashes = b"".join([sha(b"\x00" + leaf).digest() for leaf in leaves])
     root = (
         merkle.root_from_concatenated_hashes(hashes) if len(leaves) == tlog.TILE_WIDTH else None
     )
-    facts: list[LeafFacts] = []
+    rows: list[RecordRow] = []
+    records: list[tuple[int, RecordView]] = []
     for i, leaf in enumerate(leaves):
         try:
             view = scan_record(leaf)
         except ProtocolError:
-            return hashes, facts, i, root
+            return hashes, rows, records, i, root
+        index = base + i
         if type(view) is EntryView:
-            facts.append((view.id, hash_key(view.hash.type, view.hash.value)))
+            key = hash_key(view.hash.type, view.hash.value)
+            rows.append((index, view.id, "entry", key, None))
         else:
-            facts.append(view)
-    return hashes, facts, -1, root
+            rows.append((index, view.id, view.type, None, None))
+            records.append((index, view))
+    return hashes, rows, records, -1, root

@@ -54,7 +54,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn, cast
+from typing import Any, Final, NoReturn
 
 from sqlalchemy import select, update
 
@@ -65,7 +65,7 @@ from node.federation.members import MEMBERS_SET, Federation
 from node.federation.prepare import Checked as _Checked
 from node.federation.prepare import check_bundle
 from node.service import NodeService, check_set_name, check_tlp
-from node.storage import EntryRef, PreparedRecord, SetInfo
+from node.storage import MirrorLeaves, SetInfo
 from node.storage.federation import FederationStore
 from node.storage.schema import sets
 from node.storage.sql import SqlStore
@@ -88,7 +88,7 @@ from protocol.mirror import (
 )
 from protocol.note import Verifier
 from protocol.records import timestamp
-from protocol.scan import RecordView, scan_record
+from protocol.scan import scan_record
 from protocol.tiles import TILE_HEIGHT, TILE_WIDTH, TileRef
 from protocol.verify import check_fork, verify_consistency_of
 
@@ -545,9 +545,8 @@ class _Sync:
         pool = _worker_pool() if tree.size - position >= PARALLEL_MIN_LEAVES else None
         ahead = PARALLEL_AHEAD if pool is not None else BUNDLE_PREFETCH
         inflight: deque[tuple[int, int, asyncio.Task[tuple[bytes, _Checked]]]] = deque()
-        batch: list[PreparedRecord] = []
-        whole: dict[int, tuple[bytes, bytes]] = {}  # whole blocks of the batch, as fetched
-        batch_bytes = 0
+        batch: list[MirrorLeaves] = []
+        batch_leaves = batch_bytes = 0
         batch_start = position
 
         http_slots = asyncio.Semaphore(BUNDLE_CONCURRENCY)
@@ -555,11 +554,14 @@ class _Sync:
         async def fetch(ref: TileRef, offset: int) -> tuple[bytes, _Checked]:
             async with http_slots:
                 data = await self.client.bundle(self.remote_set, ref)
+            base = (ref.n << TILE_HEIGHT) + offset
             if pool is None:
-                return data, check_bundle(data, ref.width, offset)
+                return data, check_bundle(data, ref.width, offset, base)
             loop = asyncio.get_running_loop()
             try:
-                checked = await loop.run_in_executor(pool, check_bundle, data, ref.width, offset)
+                checked = await loop.run_in_executor(
+                    pool, check_bundle, data, ref.width, offset, base
+                )
             except BrokenProcessPool as e:  # a worker was killed (out of memory, a signal)
                 raise Unavailable(
                     f"a record-check worker process of the sync of {info.name} stopped"
@@ -583,28 +585,22 @@ class _Sync:
                 data, checked = await task
                 fetch_ahead()
                 self.bundles += 1
-                leaves = tlog.decode_entry_bundle(data, tree.bundle_ref(block).width)[offset:]
                 prefix = await self._block_prefix(block, offset) if offset else []
-                base = (block << TILE_HEIGHT) + offset
-                batch.extend(self._prepared(tree, block, leaves, prefix, base, checked))
-                if offset == 0 and len(leaves) == TILE_WIDTH:
-                    # _prepared verified these leaves against the tree, so this block's hash is
-                    # the signed tree's, and they are the strict split of these very bytes:
-                    # the store keeps both as they are (append_mirror's ``blocks``).
-                    whole[block] = (data, tree.block_hashes[block])
+                leaves = self._prepared(tree, block, data, offset, prefix, checked)
+                batch.append(leaves)
+                batch_leaves += len(leaves.rows)
                 batch_bytes += len(data)
-                position += len(leaves)
+                position += len(leaves.rows)
                 last = block == tree.bundle_count - 1
-                if last or len(batch) >= BATCH_RECORDS or batch_bytes >= BATCH_BYTES:
+                if last or batch_leaves >= BATCH_RECORDS or batch_bytes >= BATCH_BYTES:
                     await self.store.append_mirror(
                         info.name,
                         batch_start,
                         batch,
                         checkpoint=(note, tree.size, tree.root) if last else None,
-                        blocks=whole,
                     )
-                    sync_counters["records"] += len(batch)
-                    batch, whole, batch_bytes, batch_start = [], {}, 0, position
+                    sync_counters["records"] += batch_leaves
+                    batch, batch_leaves, batch_bytes, batch_start = [], 0, 0, position
         finally:
             for _, _, pending in inflight:
                 pending.cancel()
@@ -617,38 +613,44 @@ class _Sync:
         self,
         tree: VerifiedTree,
         block: int,
-        leaves: list[bytes],
+        data: bytes,
+        offset: int,
         prefix: list[bytes],
-        base: int,
         checked: _Checked,
-    ) -> list[PreparedRecord]:
-        """PreparedRecords of a bundle check_bundle checked: its hashes verified against the tree
-        first, then the first record it flagged (if any) checked here for the exact error."""
-        hashes, facts, bad, root = checked
+    ) -> MirrorLeaves:
+        """The leaves ``offset..`` of bundle ``block`` as check_bundle checked them: its hashes
+        verified against the tree first, then the first record it flagged (if any) checked here
+        for the exact error; a partial bundle's rows get the bytes of this process's own split.
+        """
+        hashes, rows, records, bad, root = checked
+        width = tree.bundle_ref(block).width
+        if not hashes:  # check_bundle could not split it: the strict decode here names why
+            tlog.decode_entry_bundle(data, width)
+            raise RuntimeError(f"bundle {block}: check_bundle and decode disagree on it")
         # A whole bundle's root, computed by check_bundle from the very hashes it returned, is
         # compared here; anything else (resumed mid-block, the final partial bundle, a
         # mismatch, which then raises its error) is verified here in full. ProofError first,
         # before any FormatError.
+        whole = offset == 0 and width == TILE_WIDTH
         if (
-            root is None
-            or prefix
+            not whole
+            or root is None
             or block >= len(tree.block_hashes)
-            or len(hashes) != len(leaves) * merkle.HASH_SIZE
+            or len(hashes) != width * merkle.HASH_SIZE
             or root != tree.block_hashes[block]
         ):
             verify_bundle_hashes(tree, block, hashes, prefix=prefix)
+        base = (block << TILE_HEIGHT) + offset
         if bad >= 0:
+            leaves = tlog.decode_entry_bundle(data, width)[offset:]
             self._raise_record_error(leaves[bad], base + bad)
-        out: list[PreparedRecord] = []
-        append = out.append
-        size = merkle.HASH_SIZE
-        for i, (leaf, fact) in enumerate(zip(leaves, facts, strict=True)):
-            h = hashes[i * size : (i + 1) * size]
-            if type(fact) is tuple:
-                append(PreparedRecord(EntryRef(fact[0]), leaf, h, fact[1]))
-            else:
-                append(PreparedRecord(cast(RecordView, fact), leaf, h, None))
-        return out
+        if whole:
+            # verified above against the tree: this block's hash is the signed tree's, and its
+            # leaves are the strict split of these very bytes, which the store keeps as they are
+            return MirrorLeaves(base, rows, hashes, list(records), data, tree.block_hashes[block])
+        leaves = tlog.decode_entry_bundle(data, width)[offset:]
+        rows = [(*r[:4], leaf) for r, leaf in zip(rows, leaves, strict=True)]
+        return MirrorLeaves(base, rows, hashes, list(records))
 
     def _raise_record_error(self, leaf: bytes, index: int) -> NoReturn:
         """The error of leaf ``index``, which check_bundle refused, naming the leaf."""

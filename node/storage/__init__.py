@@ -36,7 +36,7 @@ import msgspec
 from protocol.merkle import leaf_hash
 from protocol.records import Attestation, Entry, Membership, Revocation, encode_record
 from protocol.scan import EntryView, RecordView
-from protocol.tiles import TileRef
+from protocol.tiles import TILE_WIDTH, TileRef
 
 AnyRecord = Entry | Revocation | Attestation | Membership
 
@@ -126,6 +126,56 @@ class PreparedRecord(msgspec.Struct, frozen=True, gc=False):
             leaf_hash=leaf_hash(data) if leaf is None else leaf,
             hash_key=hash_key(record.hash.type, record.hash.value),
         )
+
+
+#: a ``records`` row as an append inserts it: (index, record id, kind, hash key or None, leaf
+#: bytes or None when the leaf's entry bundle holds them; see SqlStore._write_out)
+RecordRow = tuple[int, str, str, bytes | None, bytes | None]
+
+
+class MirrorLeaves(msgspec.Struct, frozen=True, gc=False):
+    """Consecutive verified leaves of a partner's log, in the form ``append_mirror`` stores them.
+
+    A sync builds one per fetched entry bundle without a Python object per leaf beyond its row:
+    the worker process that checked the records (node.federation.prepare) made the rows, and
+    ``records`` lists only the leaves that are not entries (revocations, attestations,
+    memberships: ~1%), which the append transaction checks. With ``bundle`` (a whole, aligned
+    256-leaf block) the rows carry no leaf bytes: the store keeps ``bundle`` itself, exactly as
+    fetched, and ``root`` as that block's subtree hash, both verified by the sync against the
+    partner's signed tree (the store does not check them again).
+
+    Untracked by the garbage collector like PreparedRecord: it holds rows of strings and bytes
+    and views, never anything that refers back to it.
+    """
+
+    start: int
+    rows: list[RecordRow]
+    hashes: bytes  # the leaves' hashes, concatenated
+    records: list[tuple[int, AnyRecord | RecordView]]
+    bundle: bytes | None = None
+    root: bytes | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.rows)
+        if len(self.hashes) != 32 * n or (n and self.rows[0][0] != self.start):
+            raise ValueError("MirrorLeaves: rows and hashes do not line up")
+        if self.bundle is not None and (
+            n != TILE_WIDTH or self.start % TILE_WIDTH or self.root is None
+            or self.rows[-1][4] is not None
+        ):
+            raise ValueError("MirrorLeaves: a bundle needs a whole aligned block without bytes")
+
+    @classmethod
+    def of(cls, start: int, items: Sequence[PreparedRecord]) -> MirrorLeaves:
+        """The same leaves, from PreparedRecords (tests and small callers); no bundle given."""
+        rows: list[RecordRow] = []
+        records: list[tuple[int, AnyRecord | RecordView]] = []
+        for i, it in enumerate(items, start):
+            rec = it.record
+            rows.append((i, rec.id, rec.type, it.hash_key, it.data))
+            if not isinstance(rec, Entry | EntryView | EntryRef):
+                records.append((i, rec))
+        return cls(start, rows, b"".join(it.leaf_hash for it in items), records)
 
 
 def spooled_entry(record_id: str, data: bytes, key: bytes) -> PreparedRecord:

@@ -30,7 +30,9 @@ from node.storage import (
     AppendResult,
     CheckpointSigner,
     EntryRef,
+    MirrorLeaves,
     PreparedRecord,
+    RecordRow,
     SetInfo,
     StoredRecord,
     hash_key,
@@ -334,8 +336,8 @@ class SqlStore:
 
             # 4. Records, view updates and tiles, all in this one transaction: a crash anywhere
             # before COMMIT leaves the log exactly as it was; after it, all of it is there.
-            root = await self._write_out(conn, set_id, size, new_rows, leaves, leaf_hashes,
-                                         revoked)
+            root = await self._write_out(conn, set_id, size, new_rows, leaves,
+                                         b"".join(leaf_hashes), revoked)
             if attestations:
                 await conn.execute(attestation_view.insert(), attestations)
             await conn.execute(
@@ -350,7 +352,7 @@ class SqlStore:
         size: int,
         rows: list[tuple[Any, ...]],
         leaves: list[bytes],
-        leaf_hashes: list[bytes],
+        hashes: bytes,
         revoked: list[dict[str, Any]],
         blocks: Mapping[int, tuple[bytes, bytes]] | None = None,
     ) -> bytes:
@@ -360,7 +362,8 @@ class SqlStore:
         :func:`_bundled_below`: leaves that this append puts into a full bundle are stored in
         that bundle only (written below, in this same transaction), so each leaf's bytes are
         written once, ~550 MB less to write and to keep on a 1M-entry set. ``leaves`` are the
-        bytes of all of them, for the bundles. ``blocks``: see :meth:`append_mirror`.
+        bytes of all of them, for the bundles, and ``hashes`` their leaf hashes concatenated.
+        ``blocks``: whole blocks given as (bundle, root), see MirrorLeaves.
         """
         try:
             # Raw DBAPI executemany: SQLAlchemy's per-value type processing costs more than
@@ -387,10 +390,10 @@ class SqlStore:
             )
         edge = await self._read_tiles(conn, set_id, tlog.right_edge_tiles(size))
         known = {n: root for n, (_, root) in blocks.items()} if blocks else None
-        changed = tlog.update_tiles(size, edge, leaf_hashes, known_roots=known)
+        changed = tlog.update_tiles_concatenated(size, edge, hashes, known_roots=known)
         await self._upsert_tiles(conn, set_id, changed)
         await self._write_full_bundles(conn, set_id, size, leaves, changed, blocks or {})
-        new_size = size + len(leaf_hashes)
+        new_size = size + len(hashes) // merkle.HASH_SIZE
         needed = [r for r in tlog.root_tiles(new_size) if r not in changed]
         have = dict(changed)
         have.update(await self._read_tiles(conn, set_id, needed))
@@ -429,38 +432,34 @@ class SqlStore:
         self,
         name: str,
         start: int,
-        items: Sequence[PreparedRecord],
+        runs: Sequence[MirrorLeaves],
         *,
         checkpoint: tuple[bytes, int, bytes] | None = None,
-        blocks: Mapping[int, tuple[bytes, bytes]] | None = None,
     ) -> SetInfo:
         """Append a partner's leaves at exactly their indices; optionally adopt its checkpoint.
 
-        The caller has verified every leaf against a signed checkpoint (node.federation.sync).
-        This transaction checks what only the database knows: that the mirror is still at
-        ``start`` (no other process synced it meanwhile: Conflict), that revocations name active
-        entries of this log (VerificationError otherwise: the partner's log is invalid), and, with
-        ``checkpoint=(note, size, root)``, that the stored tree now has exactly that size and root
-        before the note is adopted. Any failure rolls back everything: the cursor (the mirror's
-        size) advances in the same transaction as the data, so a killed sync resumes cleanly.
-
-        ``blocks`` maps whole 256-leaf blocks of ``items`` (tile index n, all of its leaves in
-        this append) to ``(bundle, root)``: the entry bundle exactly as fetched, whose split the
-        caller checked gave these very leaves, and their subtree hash, which the caller verified
-        against the signed tree. They are stored and used as they are, instead of encoding the
-        bundle and hashing the block again (~50 ms per 32k leaves). The caller vouches for them:
-        a wrong pair would be stored as it is.
+        The caller has verified every leaf against a signed checkpoint (node.federation.sync);
+        ``runs`` are consecutive from ``start`` (see MirrorLeaves, whose whole-block bundles and
+        roots are stored as given). This transaction checks what only the database knows: that
+        the mirror is still at ``start`` (no other process synced it meanwhile: Conflict), that
+        revocations name active entries of this log (VerificationError otherwise: the partner's
+        log is invalid), and, with ``checkpoint=(note, size, root)``, that the stored tree now
+        has exactly that size and root before the note is adopted. Any failure rolls back
+        everything: the cursor (the mirror's size) advances in the same transaction as the
+        data, so a killed sync resumes cleanly.
         """
+        position = start
+        for run in runs:
+            if run.start != position:
+                raise ValueError(f"leaves from {run.start} do not follow leaf {position - 1}")
+            position += len(run.rows)
         async with self._write_tx() as conn:
             row = await self._lock_set(conn, name, kind="mirror")
             set_id, size = int(row.id), int(row.size)
             if size != start:
                 raise Conflict(f"mirror {name} is at size {size}, not {start}")
-            targets = [
-                it.record.target
-                for it in items
-                if isinstance(it.record, _REVOCATIONS)
-            ]
+            specials = [pair for run in runs for pair in run.records]
+            targets = [rec.target for _, rec in specials if isinstance(rec, _REVOCATIONS)]
             found: dict[str, tuple[int, int | None]] = {}
             for chunk in _chunks(targets, _IN_CHUNK):
                 result = await conn.execute(
@@ -472,22 +471,20 @@ class SqlStore:
                 )
                 for r in result:
                     found[str(r.record_id)] = (int(r.idx), r.revoked_by)
-            new_rows: list[tuple[Any, ...]] = []
+            if targets:
+                # Entries of this very append that a revocation names (~1% of a log's records).
+                wanted = set(targets)
+                for run in runs:
+                    for leaf_row in run.rows:
+                        if leaf_row[1] in wanted and leaf_row[2] == "entry":
+                            found[leaf_row[1]] = (leaf_row[0], None)
             revoked: list[dict[str, Any]] = []
             attestations: list[dict[str, Any]] = []
-            # Only entries that a revocation of this batch names need remembering (~1% of a
-            # log's records), not one tuple per entry of a 32k batch.
-            wanted = set(targets)
-            index = size
-            bundled = _bundled_below(size, len(items))
-            for it in items:
-                rec = it.record
-                if isinstance(rec, _ENTRIES):
-                    if rec.id in wanted:
-                        found[rec.id] = (index, None)
-                elif isinstance(rec, _REVOCATIONS):
+            for index, rec in specials:
+                if isinstance(rec, _REVOCATIONS):
                     target = found.get(rec.target)
-                    if target is None or target[1] is not None:
+                    # an entry later in the log than its revocation is no target either
+                    if target is None or target[1] is not None or target[0] > index:
                         raise VerificationError(
                             f"{row.origin} record {index} revokes {rec.target}, which is not an"
                             " active entry of that log"
@@ -496,32 +493,55 @@ class SqlStore:
                     revoked.append({"b_set": set_id, "b_idx": target[0], "b_by": index})
                 elif isinstance(rec, _ATTESTATIONS):
                     attestations.append(_attestation_row(set_id, index, rec))
-                new_rows.append(
-                    (index, rec.id, rec.type, it.hash_key, it.data if index >= bundled else None)
-                )
-                index += 1
             root = (
-                await self._write_out(
-                    conn, set_id, size, new_rows, [it.data for it in items],
-                    [it.leaf_hash for it in items], revoked, blocks,
-                )
-                if items
+                await self._write_mirror_runs(conn, set_id, size, runs, revoked)
+                if position > size
                 else bytes(row.root)
             )
             if attestations:
                 await conn.execute(attestation_view.insert(), attestations)
-            values: dict[str, Any] = {"size": index, "root": root, "synced_at": timestamp(),
+            values: dict[str, Any] = {"size": position, "root": root, "synced_at": timestamp(),
                                       "sync_error": None}
             if checkpoint is not None:
                 note, cp_size, cp_root = checkpoint
-                if (index, root) != (cp_size, cp_root):
+                if (position, root) != (cp_size, cp_root):
                     raise VerificationError(
-                        f"mirror of {row.origin} has size {index} and a different root than"
+                        f"mirror of {row.origin} has size {position} and a different root than"
                         f" the checkpoint for size {cp_size}"
                     )
                 values.update(checkpoint=note, checkpoint_size=cp_size)
             await conn.execute(update(sets).where(sets.c.id == set_id).values(**values))
         return await self.get_set(name, kind="mirror")
+
+    async def _write_mirror_runs(
+        self,
+        conn: AsyncConnection,
+        set_id: int,
+        size: int,
+        runs: Sequence[MirrorLeaves],
+        revoked: list[dict[str, Any]],
+    ) -> bytes:
+        """_write_out for a mirror's runs: their rows in one list (whole blocks' rows already
+        without bytes, other rows' bytes cleared below the bundled mark), the bytes of leaves
+        not in a given bundle for the bundles this append completes, and the given blocks."""
+        count = sum(len(run.rows) for run in runs)
+        bundled = _bundled_below(size, count)
+        rows: list[RecordRow] = []
+        leaves: list[bytes] = []
+        blocks: dict[int, tuple[bytes, bytes]] = {}
+        for run in runs:
+            if run.bundle is not None:
+                assert run.root is not None  # MirrorLeaves guarantees it
+                blocks[run.start // tlog.TILE_WIDTH] = (run.bundle, run.root)
+                rows.extend(run.rows)
+                leaves.extend([b""] * len(run.rows))  # never read: the block is given
+                continue
+            for r in run.rows:
+                assert r[4] is not None  # rows outside a given bundle carry their bytes
+                leaves.append(r[4])
+                rows.append(r if r[0] >= bundled else (*r[:4], None))
+        hashes = b"".join([run.hashes for run in runs])
+        return await self._write_out(conn, set_id, size, rows, leaves, hashes, revoked, blocks)
 
     async def add_pending(self, set_id: int, index: int) -> None:
         """Hold a mirror entry back until it meets its re-share policy (idempotent)."""
