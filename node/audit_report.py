@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from protocol.audit import ExportAuditSummary
+from protocol.equivocation import proof_of
 from protocol.errors import InconsistentTreeError, ProtocolError
+from protocol.jcs import canonicalize
 
 __all__ = ["build_report", "print_report", "render_html", "render_text", "write_report"]
 
@@ -45,6 +47,9 @@ def failure_of(e: ProtocolError) -> dict[str, Any]:
         row["other_log"], row["other_index"] = f"{other.group(1)}/", int(other.group(2))
     if isinstance(e, InconsistentTreeError) and e.evidence:
         row["evidence"] = [x.decode("utf-8", "replace") for x in e.evidence]
+        proof = proof_of(e)
+        if proof is not None:  # write_report saves it as equivocation.json
+            row["equivocation_proof"] = proof.to_dict()
     return row
 
 
@@ -213,9 +218,18 @@ def render_html(report: Mapping[str, Any]) -> str:
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.json`` (everything) and ``report.html`` into ``out_dir``; return both."""
+    """Write ``report.json`` (everything) and ``report.html`` into ``out_dir``; return both.
+
+    A failure that proves equivocation is also written on its own as ``equivocation.json``
+    (an RFC 8785 EquivocationProof), which ``python -m protocol.audit --equivocation FILE
+    --vkey VKEY`` checks with nothing but the protocol package.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     j, h = out_dir / "report.json", out_dir / "report.html"
     j.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     h.write_text(render_html(report), encoding="utf-8")
+    for failure in report.get("failures", []):
+        proof = failure.get("equivocation_proof")
+        if proof is not None:
+            (out_dir / "equivocation.json").write_bytes(canonicalize(proof))
     return j, h

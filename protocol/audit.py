@@ -51,6 +51,7 @@ from pathlib import Path
 
 from protocol import merkle, tiles
 from protocol.checkpoint import Checkpoint
+from protocol.equivocation import consistency_evidence, evidence_tiles, proof_of
 from protocol.errors import (
     FormatError,
     InconsistentTreeError,
@@ -142,7 +143,8 @@ class ExportAuditSummary(AuditSummary):
 def _with_context(e: ProtocolError, text: str) -> ProtocolError:
     """The same kind of error with ``text`` appended to its message (evidence kept)."""
     if isinstance(e, InconsistentTreeError):
-        return InconsistentTreeError(f"{e.message} {text}", evidence=e.evidence)
+        return InconsistentTreeError(f"{e.message} {text}", evidence=e.evidence,
+                                     path=e.path)
     return type(e)(f"{e.message} {text}", field=e.field)
 
 
@@ -431,16 +433,30 @@ def _check_older(
             raise InconsistentTreeError(
                 f"{e.message} (older checkpoint {path} vs the current checkpoint)",
                 evidence=evidence,
+                # one size, two roots: the notes alone prove it; a rollback proves nothing
+                path=() if old.size == cp.size else None,
             ) from e
         except ProofError as e:
             # The proof comes from tiles already checked against the current checkpoint, so a
-            # failure means the older signed root is not a prefix of this tree: a fork.
+            # failure means the older signed root is not a prefix of this tree: a fork, which
+            # the larger tree's consistency path shows to anyone (protocol.equivocation).
             raise InconsistentTreeError(
                 f"fork in {cp.origin}: older checkpoint {path} (size {old.size}) is not a prefix "
                 f"of the current tree of size {cp.size}: {e.message}",
                 evidence=evidence,
+                path=_fork_path(export, old.size, cp.size),
             ) from e
         on_checked(path.name)
+
+
+def _fork_path(export: _Export, old_size: int, new_size: int) -> tuple[bytes, ...] | None:
+    """The equivocation path from the export's (verified) tiles, or None if they lack one."""
+    try:
+        return consistency_evidence(
+            old_size, new_size, export.tiles_for(evidence_tiles(old_size, new_size))
+        )
+    except ProtocolError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -594,6 +610,7 @@ def _check_upstream(
             f"{adopted.index} is not a prefix of the upstream export's tree of size {cp.size}: "
             f"{e.message}",
             evidence=(adopted.checkpoint, note),
+            path=() if bound == cp.size else _fork_path(export, bound, cp.size),
         ) from e
     by_upstream_index = {r.upstream_index: r for r in mine}
     wanted_ids = {r.upstream_id for r in mine}
@@ -1129,6 +1146,9 @@ def main(argv: list[str] | None = None) -> int:
                 error["field"] = e.field
             if isinstance(e, InconsistentTreeError) and e.evidence:
                 error["evidence"] = [x.decode("utf-8", "replace") for x in e.evidence]
+                proof = proof_of(e)
+                if proof is not None:  # save it as a file: --equivocation FILE checks it
+                    error["equivocation_proof"] = proof.to_dict()
             print(json.dumps({"ok": False, "error": error}, indent=2))
         else:
             print(f"audit of {root}: FAIL\n  {type(e).__name__}: {e.diagnostics()}")

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from protocol import merkle, tiles
 from protocol.checkpoint import Checkpoint, verify_checkpoint
-from protocol.errors import FormatError, ProofError, VerificationError
+from protocol.errors import FormatError, InconsistentTreeError, ProofError, VerificationError
 from protocol.jcs import canonicalize, parse_json
 from protocol.note import Verifier
 from protocol.tiles import TileRef
@@ -43,6 +43,7 @@ __all__ = [
     "EquivocationProof",
     "consistency_evidence",
     "evidence_tiles",
+    "proof_of",
     "verify_equivocation",
 ]
 
@@ -144,6 +145,13 @@ def evidence_tiles(old_size: int, new_size: int) -> set[TileRef]:
             tiles.tile_ref_at(r.level, r.n, new_size) for r in tiles.root_tiles(old_size)
         }
     return refs
+
+
+def proof_of(error: InconsistentTreeError) -> EquivocationProof | None:
+    """The EquivocationProof an error's detector could build, or None (see its ``path``)."""
+    if error.path is None or len(error.evidence) != 2:
+        return None
+    return EquivocationProof(error.evidence[0], error.evidence[1], error.path)
 
 
 def verify_equivocation(proof: EquivocationProof, log: Verifier) -> None:

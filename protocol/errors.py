@@ -61,8 +61,20 @@ class InconsistentTreeError(VerificationError):
 
     ``evidence`` holds the exact signed bytes (e.g. two checkpoint notes) that prove it, so that the
     pair can be stored and shown to anyone.
+
+    ``path`` says whether those two notes prove that the log equivocated, for
+    :mod:`protocol.equivocation`: ``()`` when the notes alone do (one size, two roots), the
+    consistency path from the larger tree when their sizes differ, and None when the detector
+    cannot show it (a rollback: both notes may be true; or the larger tree was not at hand).
     """
 
-    def __init__(self, message: str, *, evidence: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        evidence: tuple[bytes, ...] = (),
+        path: tuple[bytes, ...] | None = None,
+    ) -> None:
         super().__init__(message)
         self.evidence = evidence
+        self.path = path

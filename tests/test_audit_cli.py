@@ -91,6 +91,39 @@ def test_export_audit_passes_with_older_checkpoints_and_writes_reports(
     assert status == 0 and "NOT PINNED" in text
 
 
+def test_a_forked_older_checkpoint_fails_and_the_report_holds_an_offline_proof(
+    exported: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The node signed another size-300 root besides the one its 340-leaf tree extends: the
+    audit fails, and --report writes equivocation.json, which the protocol package alone
+    confirms with the log's key."""
+    data, out, _vkey = exported
+    log = load_signer(load_config(data)).with_name(f"{ORIGIN}/demo")
+    other = sign_checkpoint(Checkpoint(f"{ORIGIN}/demo", 300, merkle.leaf_hash(b"other")), log)
+    (out / "checkpoints" / "000000000300").write_bytes(other)
+    status, text, _ = _main(capsys, "audit", "--export", out, "--report", tmp_path / "rep")
+    assert status == 1 and "fork" in text
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    (failure,) = report["failures"]
+    assert failure["equivocation_proof"]["consistency_proof"]  # two sizes: the path is there
+    log_vkey = (out / "vkey").read_text().strip()
+    proc = subprocess.run(
+        [sys.executable, "-m", "protocol.audit", "--equivocation",
+         str(tmp_path / "rep" / "equivocation.json"), "--vkey", log_vkey, "--json"],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["equivocation"] is True
+    # the protocol package's own audit prints the same proof
+    proc = subprocess.run(
+        [sys.executable, "-m", "protocol.audit", str(out), "--json"],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert proc.returncode == 1
+    error = json.loads(proc.stdout)["error"]
+    assert error["equivocation_proof"] == failure["equivocation_proof"]
+
+
 def test_tampered_record_fails_naming_its_index(
     exported: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -239,7 +272,8 @@ async def test_evidence_rows_become_equivocation_proofs(tmp_path: Path) -> None:
         ]
         store = await SqlStore.open(load_config(node.data_dir).database_url)
         try:
-            await store.add_evidence(partner.name, "fork", "two roots for size 5", *notes)
+            await store.add_evidence(partner.name, "fork", "two roots for size 5", notes[0],
+                                     notes[1])
         finally:
             await store.close()
         out = tmp_path / "evidence"

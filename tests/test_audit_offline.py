@@ -22,6 +22,7 @@ from protocol import audit as audit_module
 from protocol import merkle, tiles
 from protocol.audit import ExportAuditSummary, audit_directory, main
 from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.equivocation import EquivocationProof, proof_of, verify_equivocation
 from protocol.errors import (
     FormatError,
     InconsistentTreeError,
@@ -312,13 +313,23 @@ def test_truncated_log(export: Path, leaves: list[bytes], signer: Signer) -> Non
         audit_directory(export)
 
 
-def test_older_checkpoint_fork(export: Path, leaves: list[bytes], signer: Signer) -> None:
-    forked = [*leaves[:299], entry()]
+@pytest.mark.parametrize("size", [300, 256, 1])
+def test_older_checkpoint_fork(
+    export: Path, leaves: list[bytes], signer: Signer, size: int
+) -> None:
+    """A smaller older checkpoint that is not a prefix: refused, and the error carries the
+    larger tree's path, so the pair is an equivocation proof anyone can check (a power-of-two
+    size needs the first subtree's hash too)."""
+    forked = [*leaves[: size - 1], entry()]
     note = sign_checkpoint(checkpoint_of(forked), signer)
     (export / "checkpoints" / "cp-1").write_bytes(note)
-    with pytest.raises(InconsistentTreeError, match=r"fork.*cp-1.*size 300") as e:
+    with pytest.raises(InconsistentTreeError, match=rf"fork.*cp-1.*size {size}\b") as e:
         audit_directory(export)
     assert e.value.evidence == (note, (export / "checkpoint").read_bytes())
+    proof = proof_of(e.value)
+    assert proof is not None and proof.consistency_proof
+    verify_equivocation(proof, signer.verifier())
+    verify_equivocation(EquivocationProof.from_json(proof.to_json()), signer.verifier())
 
 
 def test_older_checkpoint_same_size_fork(
@@ -329,6 +340,9 @@ def test_older_checkpoint_same_size_fork(
     with pytest.raises(InconsistentTreeError, match=r"fork.*size 1000.*same") as e:
         audit_directory(export)
     assert e.value.evidence[0] == note
+    proof = proof_of(e.value)  # the two notes alone
+    assert proof is not None and proof.consistency_proof == ()
+    verify_equivocation(proof, signer.verifier())
 
 
 def test_older_checkpoint_bigger_is_rollback(
@@ -339,6 +353,7 @@ def test_older_checkpoint_bigger_is_rollback(
     with pytest.raises(InconsistentTreeError, match=r"rollback.*newer") as e:
         audit_directory(export)
     assert len(e.value.evidence) == 2
+    assert proof_of(e.value) is None  # both notes may be true: no proof of a lie
 
 
 def test_older_checkpoint_from_another_key(export: Path, leaves: list[bytes]) -> None:

@@ -117,3 +117,38 @@ async def test_0006_keeps_old_rows_and_its_downgrade_restores_cleared_bytes(
         await migrate.upgrade(store._write)
     finally:
         await store.close()
+
+
+async def test_0007_adds_the_evidence_path_and_its_downgrade_drops_it(database_url: str) -> None:
+    """Rows kept before 0007 read back with no path (they prove what their notes prove); the
+    downgrade drops the column and keeps the rows."""
+    store = SqlStore.engines(database_url)
+    try:
+        await migrate.upgrade(store._write, "0006")
+        async with store._write.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO evidence (origin, kind, detail, note_a, note_b, created)"
+                    " VALUES ('o.example/s', 'fork', 'old row', :a, :b, '2026-01-01T00:00:00Z')"
+                ),
+                {"a": b"a", "b": b"b"},
+            )
+        await migrate.upgrade(store._write)
+    finally:
+        await store.close()
+    store = await SqlStore.open(database_url)
+    try:
+        await store.add_evidence("o.example/s", "fork", "new row", b"a", b"c", (b"\1" * 32,))
+        rows = await store.list_evidence()
+        assert [(r["detail"], r["path"]) for r in rows] == [
+            ("old row", None), ("new row", b"\1" * 32)
+        ]
+        await migrate.downgrade(store._write, "0006")
+        async with store._read.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("evidence")}
+            )
+            count = (await conn.execute(text("SELECT count(*) FROM evidence"))).scalar_one()
+        assert "path" not in columns and count == 2
+    finally:
+        await store.close()

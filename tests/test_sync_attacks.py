@@ -26,19 +26,21 @@ from test_sync import MIRROR, SET, node_service, publish, use_workers, wait_chec
 
 from node.config import KEY_FILE
 from node.federation.fetch import CHECKPOINT_LIMIT, PeerClient, PeerError, PeerResponseTooLarge
-from node.federation.sync import subscribe, sync_once
+from node.federation.sync import derive_set_verifier, subscribe, sync_once
 from node.service import NodeService
 from protocol import merkle
 from protocol import tiles as tlog
 from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.equivocation import EquivocationProof, verify_equivocation
 from protocol.errors import (
     FormatError,
     InconsistentTreeError,
     ProofError,
     RecordTooLargeError,
     SignatureError,
+    VerificationError,
 )
-from protocol.note import Signer
+from protocol.note import Signer, Verifier
 from protocol.records import encode_record, record_from_dict
 
 VECTORS = Path(__file__).parent / "vectors" / "hashfed"
@@ -263,6 +265,17 @@ async def test_a_fork_is_refused_with_evidence(
         ("fork", a_note, f_note),
         ("fork", a_note, f_note2),
     ]
+    # Both are proofs anyone can check offline with A's log key: the same-size pair by itself,
+    # the 10-vs-20 pair with the larger tree's consistency path, kept with it.
+    assert evidence[0]["path"] == b""
+    assert evidence[1]["path"] and len(evidence[1]["path"]) % 32 == 0
+    log_key = derive_set_verifier(Verifier.from_vkey(node_a.vkey), "node-a.test/csam")
+    for e in evidence:
+        path = tuple(e["path"][i : i + 32] for i in range(0, len(e["path"]), 32))
+        verify_equivocation(EquivocationProof(e["note_a"], e["note_b"], path), log_key)
+    assert a_note is not None
+    with pytest.raises(VerificationError):  # without its path the second pair proves nothing
+        verify_equivocation(EquivocationProof(a_note, f_note2), log_key)
 
 
 async def test_a_checkpoint_signed_by_another_key_is_refused(

@@ -73,6 +73,7 @@ from node.witness import verify_mirror_checkpoint
 from protocol import merkle
 from protocol import tiles as tlog
 from protocol.checkpoint import Checkpoint
+from protocol.equivocation import consistency_evidence, evidence_tiles
 from protocol.errors import (
     FormatError,
     InconsistentTreeError,
@@ -459,7 +460,9 @@ class _Sync:
     ) -> None:
         info = self.info
         m, n = info.size, cp.size
-        needed = tlog.consistency_proof_tiles(m, n)
+        # evidence_tiles: the consistency proof's tiles and, for a power-of-two m, those of the
+        # first subtree, so that a fork's path can be kept as offline-checkable evidence
+        needed = evidence_tiles(m, n)
         extra = [r for r in sorted(needed, key=lambda r: (r.level, r.n)) if r not in tiles]
         tiles.update(await self._fetch_tiles(extra))
         for ref in extra:
@@ -482,11 +485,16 @@ class _Sync:
         try:
             verify_consistency_of(old, cp, proof)
         except ProofError as e:
+            # The tiles are verified against n's signed root, so their path to m is the larger
+            # tree's own: with both notes, anyone can check the fork (protocol.equivocation).
+            # Only if the kept note is for m itself: after an interrupted sync the mirror can be
+            # past its last adopted note, and the fork may lie in leaves that note does not sign.
             await self._evidence(
                 "fork",
                 f"the checkpoint of size {n} does not extend the mirror's verified tree of size "
                 f"{m} ({e.message})",
                 note,
+                path=consistency_evidence(m, n, tiles) if info.checkpoint_size == m else None,
             )
 
     async def _fork_same_size(self, note: bytes) -> None:
@@ -495,18 +503,26 @@ class _Sync:
             try:
                 check_fork(info.checkpoint, note, self.verifier)
             except InconsistentTreeError as e:
-                await self._evidence("fork", e.message, note)
+                await self._evidence("fork", e.message, note, path=())
         await self._evidence("fork", f"two roots for tree size {info.size}", note)
 
-    async def _evidence(self, kind: str, detail: str, note: bytes) -> None:
-        """Keep the stored and the new note, count it, and refuse (always raises)."""
+    async def _evidence(
+        self, kind: str, detail: str, note: bytes, *, path: tuple[bytes, ...] | None = None
+    ) -> None:
+        """Keep the stored and the new note, count it, and refuse (always raises).
+
+        ``path`` as in InconsistentTreeError: set only when the stored note and ``note`` prove
+        equivocation (with that path); a rollback, or a fork against a tree whose note was not
+        kept, is refused and logged all the same."""
         info = self.info
         message = f"{kind} in {info.origin}: {detail}"
-        await self.store.add_evidence(info.origin, kind, message, info.checkpoint, note)
+        if info.checkpoint is None:
+            path = None
+        await self.store.add_evidence(info.origin, kind, message, info.checkpoint, note, path)
         sync_counters[f"evidence:{kind}"] += 1
         log.error("%s (evidence kept; mirror %s not updated)", message, info.name)
         pair = (info.checkpoint, note) if info.checkpoint is not None else (note,)
-        raise InconsistentTreeError(message, evidence=pair)
+        raise InconsistentTreeError(message, evidence=pair, path=path)
 
     async def _block_prefix(self, block: int, offset: int) -> list[bytes]:
         """The mirror's own leaf hashes of ``block`` (its first ``offset`` leaves)."""

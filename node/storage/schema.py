@@ -144,6 +144,9 @@ evidence = Table(
     Column("note_a", LargeBinary, nullable=True),
     Column("note_b", LargeBinary, nullable=True),
     Column("created", String(20), nullable=False),
+    # the consistency path proving a two-size fork (hashes concatenated), b"" when the notes
+    # alone prove it, NULL when the row proves no equivocation (revision 0007)
+    Column("path", LargeBinary, nullable=True),
 )
 
 # Entries this node re-shared: which upstream record each came from, and its receipt (JSON).

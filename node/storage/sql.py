@@ -580,14 +580,24 @@ class SqlStore:
             )
 
     async def add_evidence(
-        self, origin: str, kind: str, detail: str, note_a: bytes | None, note_b: bytes | None
+        self,
+        origin: str,
+        kind: str,
+        detail: str,
+        note_a: bytes | None,
+        note_b: bytes | None,
+        path: tuple[bytes, ...] | None = None,
     ) -> None:
-        """Keep proof of misbehaviour (fork, rollback, bad tile) forever."""
+        """Keep proof of misbehaviour (fork, rollback, bad tile) forever.
+
+        ``path`` as InconsistentTreeError's: ``()`` when the two notes alone prove equivocation,
+        the larger tree's consistency path when their sizes differ, None when they prove none.
+        """
         async with self._write_tx() as conn:
             await conn.execute(
                 evidence.insert().values(
                     origin=origin, kind=kind, detail=detail, note_a=note_a, note_b=note_b,
-                    created=timestamp(),
+                    created=timestamp(), path=None if path is None else b"".join(path),
                 )
             )
 
