@@ -249,6 +249,40 @@ async def test_nonce_store(tmp_path: Path, database_url: str) -> None:
         await store.close()
 
 
+async def test_concurrent_nonces_share_transactions_and_each_is_fresh_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Group commit: the nonces of concurrent requests go into a few transactions, yet every
+    (keyid, nonce) is fresh exactly once, within a batch, across batches and against nonces
+    committed before; each call returns only once its nonce is committed."""
+    cfg = await make_node_dir(tmp_path / "n", database_url)
+    store = await SqlStore.open(cfg.database_url)
+    try:
+        fed = FederationStore(store)
+        assert await fed.remember_nonce("k+00000000", "old" + "0" * 29, 10**9)
+        transactions = 0
+        real = store._write_tx
+
+        def counting() -> Any:
+            nonlocal transactions
+            transactions += 1
+            return real()
+
+        store._write_tx = counting  # type: ignore[method-assign]
+        nonces = [f"{i:032d}" for i in range(40)]
+        calls = [("k+00000000", n) for n in nonces] + [("k+00000000", n) for n in nonces[:10]]
+        calls.append(("k+00000000", "old" + "0" * 29))
+        calls.append(("k+00000001", nonces[0]))  # another key: its own nonce space
+        results = await asyncio.gather(*(fed.remember_nonce(k, n, 10**9) for k, n in calls))
+        assert results == [True] * 40 + [False] * 10 + [False, True]
+        assert transactions < 10  # 52 requests, a handful of commits
+        assert await fed.count_nonces() == 42  # all of them durable, none twice
+        store._write_tx = real  # type: ignore[method-assign]
+        assert not await fed.remember_nonce("k+00000000", nonces[5], 10**9)
+    finally:
+        await store.close()
+
+
 def _membership(author: str, action: str, member: str, **fields: Any) -> PreparedRecord:
     raw: dict[str, Any] = {"type": "membership", "id": new_record_id(), "author": author,
                            "created": timestamp(), "nonce": new_nonce(), "action": action,

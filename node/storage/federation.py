@@ -12,7 +12,9 @@ Contract (both backends):
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
+from typing import Any, cast
 
 from sqlalchemy import delete, func, select
 
@@ -23,6 +25,8 @@ from protocol.records import timestamp
 __all__ = ["TRUST_KINDS", "FederationStore", "TrustAnchor"]
 
 TRUST_KINDS = ("coordinator", "partner")
+#: most nonces in one transaction (3 bound parameters each)
+_NONCE_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class FederationStore:
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store
+        self._pending: list[tuple[str, str, int, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- trust ----------------------------------------------------------------------------------
 
@@ -128,16 +134,59 @@ class FederationStore:
     async def remember_nonce(self, keyid: str, nonce: str, expires: int) -> bool:
         """Record a signature's nonce; False when (keyid, nonce) was seen before (a replay).
 
-        ON CONFLICT DO NOTHING (SQLite >= 3.24, PostgreSQL >= 9.5) rather than catching an
-        IntegrityError: on PostgreSQL a failed INSERT would poison the transaction.
+        Returns once the nonce is committed, like a transaction of its own; but the nonces of
+        concurrent requests share one (group commit): each signed request used to wait for
+        its own write transaction and fsync behind the others' on the single writer, ~68 ms
+        per request (median) with eight bundle requests in flight, an AMBER bootstrap
+        ~50% slower than a CLEAR one. While one batch commits, the next one gathers.
         """
-        async with self.store._write_tx() as conn:
-            result = await conn.exec_driver_sql(
-                "INSERT INTO seen_nonces (keyid, nonce, expires)"
-                f" VALUES ({self.store._params(3)}) ON CONFLICT (keyid, nonce) DO NOTHING",
-                (keyid, nonce, expires),
-            )
-        return result.rowcount == 1
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._pending.append((keyid, nonce, expires, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_nonces())
+        return await done
+
+    async def _flush_nonces(self) -> None:
+        """Commit the gathered nonces, batch after batch, until none are left.
+
+        One multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING (SQLite >= 3.35, PostgreSQL
+        >= 9.5): the rows it returns are exactly the fresh ones, decided by the primary key even
+        against other processes on the database (no read-then-write), and a conflict does not
+        poison a PostgreSQL transaction as a caught IntegrityError would. A nonce twice in one
+        batch is fresh once. A failed transaction fails every request of its batch.
+        """
+        while self._pending:
+            batch, self._pending = self._pending[:_NONCE_BATCH], self._pending[_NONCE_BATCH:]
+            rows = list({(k, n): (k, n, e) for k, n, e, _ in reversed(batch)}.values())
+            try:
+                async with self.store._write_tx() as conn:
+                    marks = self.store._params(3 * len(rows)).split(", ")
+                    result = await conn.exec_driver_sql(
+                        "INSERT INTO seen_nonces (keyid, nonce, expires) VALUES "
+                        + ", ".join(
+                            f"({', '.join(marks[i : i + 3])})" for i in range(0, len(marks), 3)
+                        )
+                        + " ON CONFLICT (keyid, nonce) DO NOTHING RETURNING keyid, nonce",
+                        tuple(v for row in rows for v in row),
+                    )
+                    fresh = {(str(k), str(n)) for k, n in cast(Any, result).all()}
+            except Exception as e:
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            except BaseException:  # cancelled (shutdown): nobody is left to answer
+                for *_, done in batch + self._pending:
+                    done.cancel()
+                self._pending = []
+                raise
+            for keyid, nonce, _, done in batch:
+                # the first request with a nonce takes it; a second in the same batch is a replay
+                ok = (keyid, nonce) in fresh
+                fresh.discard((keyid, nonce))
+                if not done.done():
+                    done.set_result(ok)
 
     async def prune_nonces(self, now: int) -> int:
         """Delete nonces whose signatures can no longer be accepted anyway; how many."""
