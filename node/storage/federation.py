@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from sqlalchemy import delete, func, select
 
-from node.storage.schema import seen_nonces, set_grants, sets, trust
+from node.storage.schema import seen_nonces, set_grants, trust
 from node.storage.sql import SqlStore
 from protocol.records import timestamp
 
@@ -69,15 +69,13 @@ class FederationStore:
         return bool(result.rowcount)
 
     async def list_trust(self, kind: str | None = None) -> list[TrustAnchor]:
-        query = select(trust).order_by(trust.c.kind, trust.c.org)
-        if kind is not None:
-            query = query.where(trust.c.kind == kind)
-        async with self.store._read.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [
-            TrustAnchor(str(r.org), str(r.kind), str(r.url), str(r.vkey), str(r.created))
-            for r in rows
-        ]
+        # read on every signed request (the membership view's freshness check): small_read
+        where = f" WHERE kind = {self.store._params(1)}" if kind is not None else ""
+        rows = await self.store.small_read(
+            f"SELECT org, kind, url, vkey, created FROM trust{where} ORDER BY kind, org",
+            () if kind is None else (kind,),
+        )
+        return [TrustAnchor(*(str(v) for v in r)) for r in rows]
 
     # -- grants ---------------------------------------------------------------------------------
 
@@ -121,13 +119,12 @@ class FederationStore:
 
     async def granted_set_ids(self, org: str) -> frozenset[int]:
         """Ids of the local sets ``org`` holds a grant for (one indexed query per request)."""
-        async with self.store._read.connect() as conn:
-            rows = await conn.execute(
-                select(set_grants.c.set_id)
-                .join(sets, sets.c.id == set_grants.c.set_id)
-                .where(set_grants.c.org == org, sets.c.kind == "local")
-            )
-            return frozenset(int(i) for (i,) in rows)
+        rows = await self.store.small_read(
+            "SELECT g.set_id FROM set_grants g JOIN sets s ON s.id = g.set_id"
+            f" WHERE g.org = {self.store._params(1)} AND s.kind = 'local'",
+            (org,),
+        )
+        return frozenset(int(i) for (i,) in rows)
 
     # -- nonces ---------------------------------------------------------------------------------
 
