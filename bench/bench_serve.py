@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-async def build(data: Path, entries: int) -> None:
+async def build(data: Path, entries: int, tlp: str = "clear") -> None:
     from node.bulkinput import entry_input
     from node.config import create_data_dir
     from node.service import NodeService
@@ -40,7 +40,7 @@ async def build(data: Path, entries: int) -> None:
     await store.close()
     service = await NodeService.open(cfg)
     try:
-        await service.create_set("bench", "clear")
+        await service.create_set("bench", tlp)
         for start in range(0, entries, 10_000):
             n = min(10_000, entries - start)
             items = [entry_input({"hash_type": "sha256", "hash_value": os.urandom(32).hex()},

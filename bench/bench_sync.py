@@ -80,11 +80,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--tlp", default="clear", choices=["clear", "amber"],
+                        help="amber: the set is granted to the subscriber, whose every request "
+                             "is signed (RFC 9421) and checked: key, nonce, grants")
     args = parser.parse_args()
-    data = args.cache / f"hashfed-bench-serve-{args.entries}"
+    suffix = "" if args.tlp == "clear" else f"-{args.tlp}"
+    data = args.cache / f"hashfed-bench-serve-{args.entries}{suffix}"
     if not (data / "hashfed.toml").exists():
         print(f"building a node with {args.entries:,} entries in {data} (cached) ...")
-        asyncio.run(build(data, args.entries))
+        asyncio.run(build(data, args.entries, args.tlp))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([*HASHFED, "db", "upgrade", "--data", str(data)], env=env, check=True,
                    capture_output=True)
@@ -101,6 +105,19 @@ def main() -> None:
                             "--org", "sub.example"], env=env, check=True, capture_output=True)
             vkey = subprocess.run([*HASHFED, "vkey", "--data", str(data)], env=env, check=True,
                                   capture_output=True, text=True).stdout.strip()
+            if args.tlp != "clear":
+                # each side pins the other; the publisher grants the set to the subscriber
+                sub_vkey = subprocess.run([*HASHFED, "vkey", "--data", str(sub)], env=env,
+                                          check=True, capture_output=True,
+                                          text=True).stdout.strip()
+                for cmd in (
+                    ["trust", "partner", "--data", str(data), "--org", "sub.example", "--url",
+                     "http://127.0.0.1:9", "--vkey", sub_vkey],
+                    ["set", "grant", "--data", str(data), "bench", "--org", "sub.example"],
+                    ["trust", "partner", "--data", str(sub), "--org", "bench.example", "--url",
+                     f"http://127.0.0.1:{port}", "--vkey", vkey],
+                ):
+                    subprocess.run([*HASHFED, *cmd], env=env, check=True, capture_output=True)
             subprocess.run([*HASHFED, "subscribe", "--data", str(sub), "--url",
                             f"http://127.0.0.1:{port}", "--set", "bench", "--vkey", vkey],
                            env=env, check=True, capture_output=True)
@@ -117,7 +134,8 @@ def main() -> None:
             leaves = leaves_of(data)
             f = floor(leaves, work / "floor.db")
             n = len(leaves)
-            print(f"{n:,} entries: floor {n / f:,.0f}/s (no HTTP), hashfed sync {n / ours:,.0f}/s "
+            print(f"{n:,} entries ({args.tlp.upper()}): floor {n / f:,.0f}/s (no HTTP), "
+                  f"hashfed sync {n / ours:,.0f}/s "
                   f"({ours:.1f} s), ratio {f / ours:.2f} (goal >= 0.5); peak RSS of the sync "
                   f"process {usage.ru_maxrss / 1024:.0f} MiB (goal < 300)")
     finally:
