@@ -152,3 +152,18 @@ async def test_0007_adds_the_evidence_path_and_its_downgrade_drops_it(database_u
         assert "path" not in columns and count == 2
     finally:
         await store.close()
+
+
+def test_head_revision_is_alembics_and_opening_a_store_does_not_import_alembic() -> None:
+    """HEAD_REVISION (what SqlStore.open compares with) is the head of the scripts; and the
+    node's store, service and CLI modules import without Alembic (a few hundred ms per command)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert migrate.head_revision() == migrate.scripts_head()
+    code = ("import sys, node.cli, node.service, node.storage.sql; "
+            "sys.exit(1 if any(m.startswith('alembic') for m in sys.modules) else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr or "alembic was imported"
