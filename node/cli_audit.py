@@ -259,7 +259,7 @@ async def cmd_audit(args: argparse.Namespace) -> int:
             summary = await asyncio.to_thread(
                 audit_directory, root, trusted_vkey=_log_vkey(args.vkey, root),
                 upstream_vkeys=args.upstream_vkey, members_vkey=args.members_vkey,
-                upstream_dirs=args.upstream,
+                upstream_dirs=args.upstream, members_dir=args.members,
             )
         except ProtocolError as e:
             error = e
@@ -285,6 +285,11 @@ def register(sub: Any) -> None:
                    help="an upstream node's vkey, to verify re-share receipts (repeatable)")
     p.add_argument("--members-vkey", metavar="VKEY",
                    help="the coordinator's members-log vkey (default: members/vkey)")
+    p.add_argument("--members", metavar="DIR", type=Path,
+                   help="an export of the coordinator's members log obtained from the "
+                   "coordinator itself ('hashfed export --set members' there): used instead of "
+                   "the export's members/, which is only as fresh as the exporter's mirror and "
+                   "must be a prefix of it")
     p.add_argument("--upstream", metavar="DIR", type=Path, action="append", default=[],
                    help="an export of a log this set re-shares from (verified with its "
                    "--upstream-vkey): check its revocations of re-shared entries appear here "

@@ -108,6 +108,10 @@ class ExportAuditSummary(AuditSummary):
     receipts: int = 0
     #: records whose author was checked against the membership log in members/
     members_checked: int = 0
+    #: the size of the membership log used, and where it came from: "members/" (the export's
+    #: own copy, as fresh as the exporter's mirror of it) or the ``members_dir`` given
+    members_size: int = 0
+    members_source: str = ""
     #: upstream logs (origins) whose exports (--upstream) were audited for revocation propagation
     upstream_logs: tuple[str, ...] = ()
     #: re-shared entries whose upstream revoked them and that are revoked here too
@@ -133,6 +137,8 @@ class ExportAuditSummary(AuditSummary):
             checks=list(self.checks),
             receipts=self.receipts,
             members_checked=self.members_checked,
+            members_size=self.members_size,
+            members_source=self.members_source,
             upstream_logs=list(self.upstream_logs),
             upstream_revocations=self.upstream_revocations,
             upstream_revocations_newer=self.upstream_revocations_newer,
@@ -650,6 +656,38 @@ def _check_upstream(
     return _UpstreamResult(origin, propagated, newer)
 
 
+def _check_members_prefix(copy: Path, fresh: Path, vkey: str | None) -> None:
+    """The export's members/ must be a prefix of the auditor's fresher copy of that log."""
+    fresh_note = _read(fresh / "checkpoint", "checkpoint")
+    log, _ = _load_verifier(fresh, vkey, _origin_of(fresh_note))
+    new = verify_checkpoint_note(fresh_note, log)
+    old_note = _read(copy / "checkpoint", "members/ checkpoint")
+    try:
+        old = verify_checkpoint_note(old_note, log)
+    except (FormatError, VerificationError) as e:
+        raise _in_subdirectory(
+            e, "members", "(members/ checkpoint, with the given log's key)"
+        ) from e
+    if old.size > new.size:
+        raise VerificationError(
+            f"the membership log given ({fresh}, size {new.size}) is older than the export's "
+            f"members/ (size {old.size}): fetch it from the coordinator again",
+            field="members",
+        )
+    export = _Export(fresh)
+    try:
+        proof = (tiles.consistency_proof(old.size, new.size, export.tiles_for(
+            tiles.consistency_proof_tiles(old.size, new.size))) if old.size < new.size else [])
+        verify_consistency_of(old, new, proof)
+    except (InconsistentTreeError, ProofError) as e:
+        raise InconsistentTreeError(
+            f"fork in {new.origin}: the export's members/ (size {old.size}) is not a prefix of "
+            f"the membership log given ({fresh}, size {new.size}): {e.message}",
+            evidence=(old_note, fresh_note),
+            path=() if old.size == new.size else _fork_path(export, old.size, new.size),
+        ) from e
+
+
 class _Members:
     """members/: the coordinator's membership log, itself audited, then folded in time order.
 
@@ -854,6 +892,7 @@ def audit_directory(
     members_vkey: str | None = None,
     upstream_dirs: Sequence[Path] = (),
     workers: int | None = None,
+    members_dir: Path | None = None,
 ) -> ExportAuditSummary:
     """Audit the tlog-tiles export in ``path``; return the summary or raise a ProtocolError.
 
@@ -872,7 +911,11 @@ def audit_directory(
     * receipts/ (or ``upstream_vkeys`` given): every re-shared entry has a receipt whose chain
       verifies back to the original with ``upstream_vkeys`` (node or set vkeys);
     * members/: the coordinator's log, audited with ``members_vkey``; every record's author was
-      an authorised member at the record's ``created`` time;
+      an authorised member at the record's ``created`` time. ``members_dir``: an export of that
+      log the auditor fetched from the coordinator itself, used instead of members/, which is
+      only as fresh as the exporter's mirror (a suspended member cannot sync the suspension);
+      members/, when there too, must be a prefix of it (InconsistentTreeError otherwise, with
+      evidence), and not larger (VerificationError: fetch it again);
     * ``upstream_dirs``: exports of the logs this one re-shares from, each audited with its key
       from ``upstream_vkeys``; every revocation there of an entry this log re-shared, at a leaf
       below the largest checkpoint size of that log in the receipts, is revoked here too.
@@ -893,7 +936,16 @@ def audit_directory(
     checks = ["signature", "records", "revocations", "root", "hash tiles"]
     receipts = _Receipts(root, upstream_vkeys, revocations=bool(upstream_dirs))
     members: _Members | None = None
-    if (root / "members" / "checkpoint").is_file():
+    members_source = "members/"
+    if members_dir is not None:
+        members_source = str(members_dir)
+        try:
+            members = _Members(Path(members_dir), members_vkey)
+        except ProtocolError as e:
+            raise _in_subdirectory(e, "members", f"(membership log in {members_dir})") from e
+        if (root / "members" / "checkpoint").is_file():
+            _check_members_prefix(root / "members", Path(members_dir), members_vkey)
+    elif (root / "members" / "checkpoint").is_file():
         try:
             members = _Members(root / "members", members_vkey)
         except ProtocolError as e:
@@ -995,6 +1047,8 @@ def audit_directory(
         checks=tuple(checks),
         receipts=receipts.verified,
         members_checked=members.checked if members is not None else 0,
+        members_size=members.summary.size if members is not None else 0,
+        members_source=members_source if members is not None else "",
         upstream_logs=tuple(u.origin for u in upstream),
         upstream_revocations=sum(u.propagated for u in upstream),
         upstream_revocations_newer=sum(u.newer for u in upstream),
@@ -1007,6 +1061,11 @@ def _counts(counts: Mapping[str, int]) -> str:
 
 def _ran(s: ExportAuditSummary, check: str, text: str) -> str:
     return text if check in s.checks else "not checked"
+
+
+def _members_text(s: ExportAuditSummary) -> str:
+    return (f"{s.members_checked} records by members (membership log of size {s.members_size} "
+            f"from {s.members_source})")
 
 
 def _upstream_text(s: ExportAuditSummary) -> str:
@@ -1040,7 +1099,7 @@ def _report(root: Path, s: ExportAuditSummary) -> str:
         f"  labels       {_counts(s.labels)}",
         f"  authors      {_counts(s.authors)}",
         f"  receipts     {_ran(s, 're-share receipts', f'{s.receipts} verified to the original')}",
-        f"  membership   {_ran(s, 'membership', f'{s.members_checked} records by members')}",
+        f"  membership   {_ran(s, 'membership', _members_text(s))}",
         f"  upstream     {_ran(s, 'upstream revocations', _upstream_text(s))}",
     ]
     if s.unverified_files:
@@ -1109,6 +1168,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the coordinator's members-log vkey (overrides DIR/members/vkey)",
     )
     parser.add_argument(
+        "--members", metavar="DIR", type=Path,
+        help="an export of the coordinator's members log fetched from the coordinator itself: "
+             "used instead of DIR/members/ (which must be a prefix of it)",
+    )
+    parser.add_argument(
         "--upstream", metavar="DIR", type=Path, action="append", default=[],
         help="an export of a log this one re-shares from, verified with its --upstream-vkey: "
         "check that its revocations of re-shared entries appear here (repeatable)",
@@ -1137,6 +1201,7 @@ def main(argv: list[str] | None = None) -> int:
             trusted_vkey=args.vkey,
             upstream_vkeys=args.upstream_vkey,
             members_vkey=args.members_vkey,
+            members_dir=args.members,
             upstream_dirs=args.upstream,
         )
     except ProtocolError as e:

@@ -229,6 +229,39 @@ def test_author_suspended_at_its_record_time_fails_naming_the_index(
     assert "org-b.test was not an authorised member" in info.value.message
 
 
+def test_the_coordinators_own_members_log_overrides_a_stale_members_copy(
+    scenario: Scenario, copy: Any
+) -> None:
+    """--members: the auditor's own export of the coordinator's log replaces the exporter's
+    copy, which must be a prefix of it; the summary says which log (and size) was used."""
+    s = scenario
+    root, fresh = copy("b_suspended"), s.exports["coord_members"]
+    stale = _audit(s, root)
+    assert stale.members_source == "members/"
+    with pytest.raises(VerificationError) as info:
+        audit_directory(root, trusted_vkey=s.b_vkey, upstream_vkeys=[s.a_vkey],
+                        members_vkey=s.coord_vkey, members_dir=fresh)
+    assert info.value.field == "index 5"
+    proc = _cli(root, "--vkey", s.b_vkey, "--upstream-vkey", s.a_vkey,
+                "--members-vkey", s.coord_vkey, "--members", fresh)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["error"]["field"] == "index 5"
+    # A members log older than the export's own copy is refused: it would hide suspensions.
+    older = root / "members"
+    newer = Path(shutil.copytree(root, root.parent / "b_suspended_fresh_members"))
+    shutil.rmtree(newer / "members")
+    shutil.copytree(fresh, newer / "members")
+    with pytest.raises(VerificationError, match="older than the export's members/"):
+        audit_directory(newer, trusted_vkey=s.b_vkey, upstream_vkeys=[s.a_vkey],
+                        members_vkey=s.coord_vkey, members_dir=older)
+    # The same log as members/ is a prefix of itself: the audit runs, saying where it came from.
+    ok = copy("b_after")
+    summary = audit_directory(ok, trusted_vkey=s.b_vkey, upstream_vkeys=[s.a_vkey],
+                              members_vkey=s.coord_vkey, members_dir=ok / "members")
+    assert summary.members_source == str(ok / "members")
+    assert summary.members_size == _audit(s, ok).members_size > 0
+
+
 # -- upstream revocations ----------------------------------------------------------------------
 
 
