@@ -245,13 +245,14 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def test_revocation_propagation_time_a_to_c(tmp_path: Path) -> None:
+async def test_every_revocation_reaches_c_through_b(tmp_path: Path) -> None:
+    """20 revocations on A, each in C's view through B's re-share before the next one: each
+    wait is bounded (WAIT), so a revocation that never propagates fails the test. How fast they
+    arrive is measured by bench/bench_propagation.py, not asserted here (shared machines)."""
     async with federation(tmp_path) as (_coord, a, b, c):
         await setup_chain(a, b, c)
         times = await measure_propagation(a, b, c, 20)
+    assert len(times) == 20
     p50, p95 = statistics.median(times), percentile(times, 95)
     print(orjson.dumps({"revocations": len(times), "p50_s": round(p50, 3),
                         "p95_s": round(p95, 3), "max_s": round(max(times), 3)}).decode())
-    # two checkpoint intervals (A's, then B's; 0.25 s each) plus two pushes and syncs; the bound
-    # is loose on purpose (shared CI machines): bench_propagation.py measures the real figure
-    assert p95 < 6.0
