@@ -23,11 +23,16 @@ import pytest
 from test_federation_e2e import checkpointed, federation, setup_chain, sha256_item
 
 from node import cli
+from node.config import load_config, load_signer
 from node.federation import reshare
 from node.federation.sync import sync_once
 from protocol.audit import audit_directory
-from protocol.errors import FormatError, ProofError, VerificationError
+from protocol.checkpoint import Checkpoint, sign_checkpoint
+from protocol.equivocation import proof_of, verify_equivocation
+from protocol.errors import FormatError, InconsistentTreeError, ProofError, VerificationError
+from protocol.note import Verifier
 from protocol.receipts import Receipt
+from protocol.verify import verify_checkpoint_note
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,6 +46,8 @@ class Scenario:
     #: upstream (A) record ids by name, and B's index of its copy of each
     a_ids: dict[str, str]
     b_index: dict[str, int]
+    #: the coordinator's data directory (its key signs the forged members checkpoint)
+    coord_data: Path
 
 
 async def _export(node: Any, name: str, out: Path) -> Path:
@@ -118,7 +125,8 @@ async def _build(tmp: Path) -> Scenario:
         await checkpointed(b, "green")
         exports["b_suspended"] = await _export(b, "green", tmp / "exp" / "b_suspended")
         exports["coord_members"] = await _export(coord, "members", tmp / "exp" / "coord_members")
-        return Scenario(a.vkey, b.vkey, coord.vkey, exports, a_ids, b_index)
+        return Scenario(a.vkey, b.vkey, coord.vkey, exports, a_ids, b_index,
+                        coord.service.cfg.data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +262,22 @@ def test_the_coordinators_own_members_log_overrides_a_stale_members_copy(
     with pytest.raises(VerificationError, match="older than the export's members/"):
         audit_directory(newer, trusted_vkey=s.b_vkey, upstream_vkeys=[s.a_vkey],
                         members_vkey=s.coord_vkey, members_dir=older)
+    # A members/ that forks from the given log (the coordinator signed another root for the
+    # stale size): refused, with a proof of the coordinator's equivocation.
+    forked = Path(shutil.copytree(root, root.parent / "b_suspended_forked_members"))
+    stale_cp = verify_checkpoint_note((forked / "members" / "checkpoint").read_bytes(),
+                                      Verifier.from_vkey((forked / "members" / "vkey")
+                                                         .read_text().strip()))
+    log = load_signer(load_config(s.coord_data)).with_name(stale_cp.origin)
+    (forked / "members" / "checkpoint").write_bytes(
+        sign_checkpoint(Checkpoint(stale_cp.origin, stale_cp.size, b"\7" * 32), log)
+    )
+    with pytest.raises(InconsistentTreeError, match="not a prefix") as fork:
+        audit_directory(forked, trusted_vkey=s.b_vkey, upstream_vkeys=[s.a_vkey],
+                        members_vkey=s.coord_vkey, members_dir=fresh)
+    proof = proof_of(fork.value)
+    assert proof is not None and proof.consistency_proof
+    verify_equivocation(proof, log.verifier())
     # The same log as members/ is a prefix of itself: the audit runs, saying where it came from.
     ok = copy("b_after")
     summary = audit_directory(ok, trusted_vkey=s.b_vkey, upstream_vkeys=[s.a_vkey],
