@@ -427,42 +427,50 @@ def _check_older(
             old = verify_checkpoint_note(old_note, log)
         except (FormatError, VerificationError) as e:
             raise _with_context(e, f"(older checkpoint {path})") from e
-        evidence = (old_note, note)
-        try:
-            if old.size < cp.size:
-                refs = tiles.consistency_proof_tiles(old.size, cp.size)
-                proof = tiles.consistency_proof(old.size, cp.size, export.tiles_for(refs))
-            else:
-                proof = []
-            verify_consistency_of(old, cp, proof)
-        except InconsistentTreeError as e:
-            raise InconsistentTreeError(
-                f"{e.message} (older checkpoint {path} vs the current checkpoint)",
-                evidence=evidence,
-                # one size, two roots: the notes alone prove it; a rollback proves nothing
-                path=() if old.size == cp.size else None,
-            ) from e
-        except ProofError as e:
-            # The proof comes from tiles already checked against the current checkpoint, so a
-            # failure means the older signed root is not a prefix of this tree: a fork, which
-            # the larger tree's consistency path shows to anyone (protocol.equivocation).
-            raise InconsistentTreeError(
-                f"fork in {cp.origin}: older checkpoint {path} (size {old.size}) is not a prefix "
-                f"of the current tree of size {cp.size}: {e.message}",
-                evidence=evidence,
-                path=_fork_path(export, old.size, cp.size),
-            ) from e
+        _require_prefix(export, old, old_note, cp, note, f"older checkpoint {path}",
+                        "the current checkpoint")
         on_checked(path.name)
 
 
-def _fork_path(export: _Export, old_size: int, new_size: int) -> tuple[bytes, ...] | None:
-    """The equivocation path from the export's (verified) tiles, or None if they lack one."""
+def _require_prefix(
+    export: _Export,
+    old: Checkpoint,
+    old_note: bytes,
+    new: Checkpoint,
+    new_note: bytes,
+    old_name: str,
+    new_name: str,
+) -> None:
+    """Nothing if the signed ``old`` is a prefix of ``new``, whose tiles ``export`` holds and
+    has already checked against it; else InconsistentTreeError with both notes as evidence and,
+    when they prove a fork, its ``path`` (protocol.equivocation): ``()`` for one size with two
+    roots, the larger tree's consistency path for two sizes, None for a rollback (``old`` is
+    the larger: both may be true). ``old_name`` and ``new_name`` say what the two are."""
     try:
-        return consistency_evidence(
-            old_size, new_size, export.tiles_for(evidence_tiles(old_size, new_size))
-        )
-    except ProtocolError:
-        return None
+        proof = (tiles.consistency_proof(old.size, new.size, export.tiles_for(
+            tiles.consistency_proof_tiles(old.size, new.size))) if old.size < new.size else [])
+        verify_consistency_of(old, new, proof)
+    except InconsistentTreeError as e:  # one size with two roots, or a rollback
+        raise InconsistentTreeError(
+            f"{e.message} ({old_name} vs {new_name})",
+            evidence=(old_note, new_note),
+            path=() if old.size == new.size else None,
+        ) from e
+    except ProofError as e:
+        # The proof comes from tiles already checked against ``new``, so a failure means the
+        # smaller signed root is not a prefix of that tree: a fork.
+        try:
+            path: tuple[bytes, ...] | None = consistency_evidence(
+                old.size, new.size, export.tiles_for(evidence_tiles(old.size, new.size))
+            )
+        except ProtocolError:
+            path = None
+        raise InconsistentTreeError(
+            f"fork in {new.origin}: {old_name} (size {old.size}) is not a prefix of {new_name}"
+            f" (size {new.size}): {e.message}",
+            evidence=(old_note, new_note),
+            path=path,
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -606,18 +614,9 @@ def _check_upstream(
         )
     old = verify_checkpoint_note(adopted.checkpoint, key)
     export = _Export(root)
-    try:
-        proof = (tiles.consistency_proof(bound, cp.size, export.tiles_for(
-            tiles.consistency_proof_tiles(bound, cp.size))) if bound < cp.size else [])
-        verify_consistency_of(old, cp, proof)
-    except (InconsistentTreeError, ProofError) as e:
-        raise InconsistentTreeError(
-            f"fork in {origin}: the checkpoint of size {bound} in the receipt for leaf "
-            f"{adopted.index} is not a prefix of the upstream export's tree of size {cp.size}: "
-            f"{e.message}",
-            evidence=(adopted.checkpoint, note),
-            path=() if bound == cp.size else _fork_path(export, bound, cp.size),
-        ) from e
+    _require_prefix(export, old, adopted.checkpoint, cp, note,
+                    f"the checkpoint in the receipt for leaf {adopted.index}",
+                    "the upstream export's tree")
     by_upstream_index = {r.upstream_index: r for r in mine}
     wanted_ids = {r.upstream_id for r in mine}
     revoked: dict[str, tuple[int, str]] = {}
@@ -674,18 +673,8 @@ def _check_members_prefix(copy: Path, fresh: Path, vkey: str | None) -> None:
             f"members/ (size {old.size}): fetch it from the coordinator again",
             field="members",
         )
-    export = _Export(fresh)
-    try:
-        proof = (tiles.consistency_proof(old.size, new.size, export.tiles_for(
-            tiles.consistency_proof_tiles(old.size, new.size))) if old.size < new.size else [])
-        verify_consistency_of(old, new, proof)
-    except (InconsistentTreeError, ProofError) as e:
-        raise InconsistentTreeError(
-            f"fork in {new.origin}: the export's members/ (size {old.size}) is not a prefix of "
-            f"the membership log given ({fresh}, size {new.size}): {e.message}",
-            evidence=(old_note, fresh_note),
-            path=() if old.size == new.size else _fork_path(export, old.size, new.size),
-        ) from e
+    _require_prefix(_Export(fresh), old, old_note, new, fresh_note, "the export's members/",
+                    f"the membership log given ({fresh})")
 
 
 class _Members:
