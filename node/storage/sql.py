@@ -710,27 +710,11 @@ class SqlStore:
 
     async def read_bundle(self, set_id: int, n: int) -> bytes | None:
         """A stored full entry bundle, or None (not full yet, or written before revision 0005)."""
-        if self.is_sqlite:
-            # The hottest read of a serving node: a single-row lookup of an immutable blob. Going
-            # through the async engine costs ~15x the query itself, so on SQLite it runs on plain
-            # read-only sqlite3 connections (WAL: readers do not wait for the writer). It runs on
-            # the event loop itself: the read takes ~70-100 us for a 130 KB bundle, less than
-            # the hop to a worker thread and back under load (bench_serve, 1M set: 1,650 req/s
-            # through a pool of 4 threads, 2,435 inline). A short busy timeout keeps the loop
-            # from ever waiting on a lock; in the rare case SQLite is busy (WAL recovery after a
-            # crash of another process), the read goes to a worker thread that may wait.
-            try:
-                return self._read_bundle_sync(int(set_id), int(n), inline=True)
-            except sqlite3.OperationalError:
-                return await asyncio.get_running_loop().run_in_executor(
-                    self._blob_executor(), self._read_bundle_sync, int(set_id), int(n)
-                )
-        async with self._read.connect() as conn:
-            result = await conn.exec_driver_sql(
-                f"SELECT data FROM bundles WHERE set_id = {int(set_id):d} AND n = {int(n):d}"
-            )
-            row = result.first()
-        return None if row is None else bytes(row[0])
+        # The hottest read of a serving node: a single-row lookup of an immutable blob.
+        rows = await self.small_read(
+            f"SELECT data FROM bundles WHERE set_id = {int(set_id):d} AND n = {int(n):d}"
+        )
+        return bytes(rows[0][0]) if rows else None
 
     def _blob_executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
@@ -739,22 +723,19 @@ class SqlStore:
             )
         return self._executor
 
-    def _read_bundle_sync(self, set_id: int, n: int, *, inline: bool = False) -> bytes | None:
-        """Read on this thread's own read-only connection (``inline``: the event loop's, which
-        gives up after 20 ms instead of waiting for a lock)."""
-        row = self._raw_read_conn(inline).execute(
-            "SELECT data FROM bundles WHERE set_id = ? AND n = ?", (set_id, n)
-        ).fetchone()
-        return None if row is None else bytes(row[0])
-
     async def small_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """The rows of a small indexed read of tiny tables (trust, grants, a few sets' sizes),
-        as plain tuples; placeholders from :meth:`_params`.
+        """The rows of a small indexed read, as plain tuples; placeholders from :meth:`_params`.
 
-        For reads made on every signed request. Through the async engine each such query cost
-        ~1.5 ms of CPU (thread hops and adaptation, measured) for microseconds of SQLite work; on
-        SQLite it runs on the event loop's read-only connection like read_bundle (falling back
-        to a worker thread if SQLite is busy), on PostgreSQL through the engine.
+        For the reads of every request: a bundle (read_bundle), and on every signed request the
+        trust rows, the grants and a few sets' sizes. Through the async engine each such query
+        costs far more than SQLite's work (~15x for a bundle; ~1.5 ms of CPU for a trust read,
+        measured), so on SQLite it runs on a plain read-only sqlite3 connection (WAL: readers do
+        not wait for the writer), on the event loop itself: a bundle read takes ~70-100 us for
+        130 KB, less than the hop to a worker thread and back under load (bench_serve, 1M set:
+        1,650 req/s through a pool of 4 threads, 2,435 inline). A short busy timeout keeps the
+        loop from ever waiting on a lock; in the rare case SQLite is busy (WAL recovery after a
+        crash of another process), the read goes to a worker thread that may wait. PostgreSQL
+        goes through the engine.
         """
         if self.is_sqlite:
             try:
