@@ -302,10 +302,10 @@ async def test_followed_coordinator_mirror(tmp_path: Path) -> None:
         builds = 0
         build = fed._build_view
 
-        async def counting() -> Any:
+        async def counting(*args: Any) -> Any:
             nonlocal builds
             builds += 1
-            return await build()
+            return await build(*args)
 
         fed._build_view = counting  # type: ignore[method-assign]
         assert await fed.caller_for(b.name, b.key_id) is None

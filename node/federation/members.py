@@ -225,15 +225,18 @@ class Federation:
         if cached is not None and cached[0] == key:
             return cached[1]
         async with self._lock:
-            view = await self._build_view()
+            cached = self._cached
+            if cached is not None and cached[0] == key:  # built meanwhile by another caller
+                return cached[1]
+            view = await self._build_view(anchors)
             # Keyed by what was read before the build: if anything changed in between, the view
             # is newer than the key, and the next call, reading the newer state, builds again.
             self._cached = (key, view)
             return view
 
-    async def _build_view(self) -> _View:
-        """Fold what changed and assemble the view (the caller holds the lock)."""
-        anchors = await self.fed_store.list_trust()
+    async def _build_view(self, anchors: Sequence[TrustAnchor]) -> _View:
+        """Fold what changed and assemble the view for these trust rows (the caller holds the
+        lock)."""
         logs = [(f"coordinator:{self.org}", await self._fold(MEMBERS_SET, "local", self.org))]
         for a in anchors:
             if a.kind == "coordinator" and a.org != self.org:
