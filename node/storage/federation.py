@@ -158,13 +158,10 @@ class FederationStore:
             rows = list({(k, n): (k, n, e) for k, n, e, _ in reversed(batch)}.values())
             try:
                 async with self.store._write_tx() as conn:
-                    marks = self.store._params(3 * len(rows)).split(", ")
                     result = await conn.exec_driver_sql(
                         "INSERT INTO seen_nonces (keyid, nonce, expires) VALUES "
-                        + ", ".join(
-                            f"({', '.join(marks[i : i + 3])})" for i in range(0, len(marks), 3)
-                        )
-                        + " ON CONFLICT (keyid, nonce) DO NOTHING RETURNING keyid, nonce",
+                        f"{self.store._value_rows(len(rows), 3)}"
+                        " ON CONFLICT (keyid, nonce) DO NOTHING RETURNING keyid, nonce",
                         tuple(v for row in rows for v in row),
                     )
                     fresh = {(str(k), str(n)) for k, n in cast(Any, result).all()}

@@ -777,6 +777,15 @@ class SqlStore:
             return ", ".join("?" * n)
         return ", ".join(f"${i}" for i in range(1, n + 1))
 
+    def _value_rows(self, rows: int, width: int) -> str:
+        """Placeholders of a multi-row ``VALUES`` list: ``rows`` rows of ``width`` values."""
+        if self.is_sqlite:
+            return ", ".join([f"({self._params(width)})"] * rows)
+        return ", ".join(
+            "(" + ", ".join(f"${r * width + c}" for c in range(1, width + 1)) + ")"
+            for r in range(rows)
+        )
+
     async def store_checkpoint(self, set_name: str, sign: CheckpointSigner) -> bytes | None:
         async with self._write_tx() as conn:
             row = await self._lock_set(conn, set_name)
