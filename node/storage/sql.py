@@ -27,9 +27,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from node.errors import Conflict, NotFound, SetupError, Unavailable
 from node.storage import (
+    ATTESTATION_TYPES,
+    ENTRY_TYPES,
+    REVOCATION_TYPES,
     AppendResult,
     CheckpointSigner,
-    EntryRef,
     MirrorLeaves,
     PreparedRecord,
     RecordRow,
@@ -51,8 +53,8 @@ from node.storage.schema import (
 from protocol import merkle
 from protocol import tiles as tlog
 from protocol.errors import VerificationError
-from protocol.records import Attestation, Entry, Revocation, timestamp
-from protocol.scan import AttestationView, EntryView, RevocationView
+from protocol.records import Attestation, Revocation, timestamp
+from protocol.scan import AttestationView, RevocationView
 from protocol.tiles import TileRef
 
 _log = logging.getLogger(__name__)
@@ -60,11 +62,6 @@ _log = logging.getLogger(__name__)
 #: parameters per IN (...) list: far below SQLite's and asyncpg's limits
 _IN_CHUNK = 500
 
-# isinstance against prebuilt tuples: a ``A | B`` union written inline in a loop is built anew on
-# every iteration, which cost a bulk append ~60 ms per 32k records.
-_ENTRIES = (Entry, EntryView, EntryRef)
-_REVOCATIONS = (Revocation, RevocationView)
-_ATTESTATIONS = (Attestation, AttestationView)
 
 
 def _bundled_below(size: int, count: int) -> int:
@@ -254,7 +251,7 @@ class SqlStore:
                 | {
                     hash_key(it.record.target_hash.type, it.record.target_hash.value)
                     for it in items
-                    if isinstance(it.record, _REVOCATIONS)
+                    if isinstance(it.record, REVOCATION_TYPES)
                 }
             )
             active: dict[bytes, tuple[int, str]] = {}
@@ -271,7 +268,7 @@ class SqlStore:
             targets = [
                 it.record.target
                 for it in items
-                if isinstance(it.record, _REVOCATIONS)
+                if isinstance(it.record, REVOCATION_TYPES)
             ]
             found: dict[str, tuple[int, bytes | None, int | None]] = {}
             for chunk in _chunks(targets, _IN_CHUNK):
@@ -300,7 +297,7 @@ class SqlStore:
             leaves: list[bytes] = []
             for it in items:
                 rec = it.record
-                if isinstance(rec, _ENTRIES):
+                if isinstance(rec, ENTRY_TYPES):
                     assert it.hash_key is not None
                     existing = active.get(it.hash_key)
                     if existing is not None:
@@ -309,7 +306,7 @@ class SqlStore:
                         continue
                     active[it.hash_key] = (next_index, rec.id)
                     batch_entries[rec.id] = (next_index, it.hash_key)
-                elif isinstance(rec, _REVOCATIONS):
+                elif isinstance(rec, REVOCATION_TYPES):
                     target_idx, target_key = self._revocation_target(rec, found, batch_entries)
                     if active.get(target_key, (None,))[0] != target_idx:
                         raise Conflict(
@@ -317,7 +314,7 @@ class SqlStore:
                         )
                     del active[target_key]
                     revoked.append({"b_set": set_id, "b_idx": target_idx, "b_by": next_index})
-                elif isinstance(rec, _ATTESTATIONS):
+                elif isinstance(rec, ATTESTATION_TYPES):
                     attestations.append(_attestation_row(set_id, next_index, rec))
                 new_rows.append((next_index, rec.id, rec.type, it.hash_key, it.data))
                 leaves.append(it.data)
@@ -456,7 +453,7 @@ class SqlStore:
             if size != start:
                 raise Conflict(f"mirror {name} is at size {size}, not {start}")
             specials = [pair for run in runs for pair in run.records]
-            targets = [rec.target for _, rec in specials if isinstance(rec, _REVOCATIONS)]
+            targets = [rec.target for _, rec in specials if isinstance(rec, REVOCATION_TYPES)]
             found: dict[str, tuple[int, int | None]] = {}
             for chunk in _chunks(targets, _IN_CHUNK):
                 result = await conn.execute(
@@ -478,7 +475,7 @@ class SqlStore:
             revoked: list[dict[str, Any]] = []
             attestations: list[dict[str, Any]] = []
             for index, rec in specials:
-                if isinstance(rec, _REVOCATIONS):
+                if isinstance(rec, REVOCATION_TYPES):
                     target = found.get(rec.target)
                     # an entry later in the log than its revocation is no target either
                     if target is None or target[1] is not None or target[0] > index:
@@ -488,7 +485,7 @@ class SqlStore:
                         )
                     found[rec.target] = (target[0], index)
                     revoked.append({"b_set": set_id, "b_idx": target[0], "b_by": index})
-                elif isinstance(rec, _ATTESTATIONS):
+                elif isinstance(rec, ATTESTATION_TYPES):
                     attestations.append(_attestation_row(set_id, index, rec))
             root = (
                 await self._write_mirror_runs(conn, set_id, size, runs, revoked)
