@@ -43,7 +43,7 @@ from protocol.audit import ExportAuditSummary, audit_directory
 from protocol.checkpoint import parse_checkpoint
 from protocol.equivocation import EquivocationProof
 from protocol.errors import FormatError, ProtocolError
-from protocol.note import Signer, Verifier, split_note
+from protocol.note import Signer, Verifier
 
 if TYPE_CHECKING:
     from node.service import NodeService
@@ -193,15 +193,6 @@ def _log_vkey(vkey: str | None, root: Path) -> str | None:
 
 
 
-def _same_size_fork(a: bytes, b: bytes) -> bool:
-    """Whether two notes are checkpoints of one size with two roots (signatures unchecked)."""
-    try:
-        x, y = parse_checkpoint(split_note(a)[0]), parse_checkpoint(split_note(b)[0])
-    except ProtocolError:
-        return False
-    return x.size == y.size and x.root_hash != y.root_hash
-
-
 async def _export_equivocations(data: Path, out: Path) -> int:
     """Every evidence row as ``<id>.json``: an EquivocationProof when the notes make one."""
     async with open_service(data) as service:
@@ -222,8 +213,7 @@ async def _export_equivocations(data: Path, out: Path) -> int:
         _write(out / f"{name}.json", proof.to_json())
         # One size with two roots, or a fork kept with the larger tree's path, proves
         # equivocation to anyone holding the log's key; a rollback pair proves no lie.
-        proves = path is not None or _same_size_fork(bytes(a), bytes(b))  # (rows before 0007)
-        verdict = "proof of equivocation" if proves else "the two notes (no proof)"
+        verdict = "proof of equivocation" if path is not None else "the two notes (no proof)"
         print(f"{name}.json: {verdict}: {row['kind']} in {row['origin']}: {row['detail']}")
     print(f"{len(rows)} evidence rows written to {out}")
     return 0

@@ -331,7 +331,9 @@ class WitnessStore:
         if verdict.evidence is not None:
             # After the state transaction: on SQLite the single writer connection is free again.
             kind, detail, stored = verdict.evidence
-            await self.store.add_evidence(origin, kind, detail, stored, req.note)
+            # one size with two roots: the two notes alone prove it; a rollback proves nothing
+            path = () if kind == "fork" else None
+            await self.store.add_evidence(origin, kind, detail, stored, req.note, path)
             log.error("%s (evidence kept, not cosigned)", detail)
         return verdict.answer
 
@@ -719,7 +721,8 @@ async def _cross_check(
                 check_fork(theirs, note, log_key)
             except InconsistentTreeError as e:
                 detail = f"split view of {cp.origin}: witness {peer.name} cosigned another root"
-                await store.add_evidence(cp.origin, "fork", f"{detail}: {e.message}", theirs, note)
+                await store.add_evidence(cp.origin, "fork", f"{detail}: {e.message}", theirs, note,
+                                         e.path)
                 raise InconsistentTreeError(
                     f"{detail} for size {cp.size}", evidence=(theirs, note)
                 ) from e

@@ -167,3 +167,37 @@ def test_head_revision_is_alembics_and_opening_a_store_does_not_import_alembic()
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr or "alembic was imported"
+
+
+async def test_0007_marks_same_size_forks_kept_before_it_as_proofs(database_url: str) -> None:
+    """A fork kept before 0007 as two notes of one size with two roots is a proof on its own:
+    the upgrade gives it an empty path; a pair of other sizes stays without one."""
+    from protocol.checkpoint import Checkpoint, sign_checkpoint
+    from protocol.note import Signer
+
+    signer = Signer.generate("o.example/s")
+    same = [sign_checkpoint(Checkpoint("o.example/s", 5, bytes([i]) * 32), signer)
+            for i in range(2)]
+    sizes = [sign_checkpoint(Checkpoint("o.example/s", n, bytes([n]) * 32), signer)
+             for n in (3, 5)]
+    store = SqlStore.engines(database_url)
+    try:
+        await migrate.upgrade(store._write, "0006")
+        async with store._write.begin() as conn:
+            for detail, (a, b) in (("one size", same), ("two sizes", sizes)):
+                await conn.execute(
+                    text(
+                        "INSERT INTO evidence (origin, kind, detail, note_a, note_b, created)"
+                        " VALUES ('o.example/s', 'fork', :d, :a, :b, '2026-01-01T00:00:00Z')"
+                    ),
+                    {"d": detail, "a": a, "b": b},
+                )
+        await migrate.upgrade(store._write)
+    finally:
+        await store.close()
+    store = await SqlStore.open(database_url)
+    try:
+        rows = await store.list_evidence()
+        assert [(r["detail"], r["path"]) for r in rows] == [("one size", b""), ("two sizes", None)]
+    finally:
+        await store.close()

@@ -202,6 +202,7 @@ async def test_a_witness_refuses_a_rollback_and_keeps_both_notes(
         async with witness_store(w.cfg) as ws:
             (ev,) = await ws.store.list_evidence()
             assert ev["kind"] == "rollback" and ev["origin"] == log.origin
+            assert ev["path"] is None  # both notes may be true: no proof of a lie
             assert split_note(ev["note_a"])[0] == split_note(log.note(8))[0]
             assert ev["note_b"] == log.note(3)
             assert (await ws.list_logs())[0]["size"] == 8
@@ -230,6 +231,7 @@ async def test_a_witness_refuses_a_fork_built_from_a_copied_node_key(tmp_path: P
         async with witness_store(w.cfg) as ws:
             (ev,) = await ws.store.list_evidence()
         assert ev["kind"] == "fork"
+        assert ev["path"] == b""  # one size, two roots: the two notes alone are the proof
         # the stored note carries the witness's cosignature; the evidence checks offline
         assert cosignatures(ev["note_a"], [witness]).keys() == {witness.name}
         with pytest.raises(InconsistentTreeError) as caught:
@@ -365,6 +367,7 @@ async def test_a_split_view_cannot_get_both_histories_cosigned(tmp_path: Path) -
                 theirs, served = caught.value.evidence
                 (ev,) = await c.store.list_evidence()
                 assert (ev["kind"], ev["note_a"], ev["note_b"]) == ("fork", theirs, served)
+                assert ev["path"] == b""
         # B's mirror holds the cosigned history; the two notes prove the split view offline
         assert cosignatures(theirs, [witness]).keys() == {witness.name}
         with pytest.raises(InconsistentTreeError):
