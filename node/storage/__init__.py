@@ -109,21 +109,14 @@ class PreparedRecord(msgspec.Struct, frozen=True, gc=False):
         return cls(record=record, data=data, leaf_hash=leaf_hash(data), hash_key=key)
 
     @classmethod
-    def bulk(
-        cls, record: RecordView, data: bytes, leaf: bytes | None = None
-    ) -> PreparedRecord:
-        """Like :meth:`of` for a view of ``data``, keeping only an EntryRef of an entry.
-
-        ``leaf``: the leaf hash of ``data`` when the caller has it already (a sync computed it
-        to verify the bundle).
-        """
+    def bulk(cls, record: RecordView, data: bytes) -> PreparedRecord:
+        """Like :meth:`of` for a view of ``data``, keeping only an EntryRef of an entry."""
         if not isinstance(record, EntryView):
-            return cls(record=record, data=data,
-                       leaf_hash=leaf_hash(data) if leaf is None else leaf, hash_key=None)
+            return cls(record=record, data=data, leaf_hash=leaf_hash(data), hash_key=None)
         return cls(
             record=EntryRef(record.id),
             data=data,
-            leaf_hash=leaf_hash(data) if leaf is None else leaf,
+            leaf_hash=leaf_hash(data),
             hash_key=hash_key(record.hash.type, record.hash.value),
         )
 
