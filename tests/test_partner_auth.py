@@ -307,7 +307,7 @@ async def test_followed_coordinator_mirror(tmp_path: Path) -> None:
             builds += 1
             return await build(*args)
 
-        fed._build_view = counting  # type: ignore[method-assign]
+        fed._build_view = counting  # type: ignore[method-assign, assignment]
         assert await fed.caller_for(b.name, b.key_id) is None
         await asyncio.gather(*(fed.caller_for(b.name, b.key_id) for _ in range(4)))
         assert builds == 1
