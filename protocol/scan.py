@@ -26,9 +26,10 @@ How the fast path stays exact:
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, TypeAlias
+from collections.abc import Callable, Iterable, Sequence
+from typing import Annotated, Any, Literal, NamedTuple, TypeAlias, cast
 
 import msgspec
 from msgspec import Meta
@@ -52,6 +53,8 @@ from protocol.records import (
 
 __all__ = [
     "AttestationView",
+    "EntryFacts",
+    "EntryShapes",
     "EntryView",
     "HashRefView",
     "HashValueView",
@@ -60,6 +63,7 @@ __all__ = [
     "ProvenanceView",
     "RecordView",
     "RevocationView",
+    "ShapedRun",
     "VettingView",
     "scan_record",
     "view_to_record",
@@ -500,3 +504,292 @@ def scan_record(data: bytes) -> RecordView:
 def view_to_record(view: RecordView) -> Entry | Revocation | Attestation | Membership:
     """The pydantic model of a view, for callers that need one (validated again: not hot)."""
     return decode_record(_encode(view))
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry shapes: a log's entries mostly differ only in their ids, hash values and times
+# ---------------------------------------------------------------------------------------------
+
+
+class EntryFacts(NamedTuple):
+    """What every entry of one :class:`EntryShapes` shape has in common, as the view has it."""
+
+    author: str
+    hash_type: str
+    labels: tuple[str, ...]
+
+
+class ShapedRun(NamedTuple):
+    """Entries of one bundle that :meth:`EntryShapes.match_many` matched to one shape."""
+
+    facts: EntryFacts
+    #: where each matched entry is in the sequence given
+    positions: Sequence[int]
+    #: each one's id and hash value, as ASCII bytes, in the same order
+    ids: list[bytes]
+    values: list[bytes]
+
+
+#: keys whose every occurrence in an entry is a Hex128 field: top-level id and nonce, the
+#: provenance's and each hop's record
+_HEX128_KEYS = (b'"id":"', b'"nonce":"', b'"record":"')
+#: keys whose every occurrence in an entry is a Timestamp: created, expires, provenance.first_seen,
+#: vetting.at and each hop's at
+_TIME_KEYS = (b'"created":"', b'"expires":"', b'"first_seen":"', b'"at":"')
+_TIME_LENGTH = 20  # 2026-11-26T18:53:27Z: the only length records._TIMESTAMP_RE matches
+_LOWER_HEX = b"0123456789abcdef"
+#: two-digit qualities, as canonical JSON writes them (no leading zero), all within 0..100
+_QUALITY_2 = frozenset(b"%d" % q for q in range(10, 100))
+_HEX, _TIME, _QUALITY = 0, 1, 2  # kinds of cut-out field
+_RUN_LENGTH = 256  # entries per bundle: the most match_many prepares for
+_RUN_SHAPES = 16  # shapes with match_many's tables at once (~130 KB each)
+
+
+class _RunTables(NamedTuple):
+    """What match_many needs to check _RUN_LENGTH entries of one shape laid end to end."""
+
+    #: every cut-out field of every entry, in order
+    slices: tuple[slice, ...]
+    #: the segments between the fields, with a gap (None) for each field: every other item
+    parts: list[bytes | None]
+    #: which of the fields are hex, timestamps, qualities
+    hex: list[bool]
+    time: list[bool]
+    quality: list[bool]
+    #: where the id and the hash value are among one entry's fields
+    id: int
+    value: int
+
+
+class _Shape:
+    """An accepted entry with its variable fields cut out (see EntryShapes)."""
+
+    __slots__ = (
+        "cuts", "facts", "hex_slices", "id", "kinds", "length", "offsets", "quality", "run",
+        "segments", "time_slices", "value",
+    )
+
+    def __init__(self, data: bytes, facts: EntryFacts, cuts: list[tuple[int, int, int]],
+                 id_at: int, value: slice) -> None:
+        self.facts = facts
+        self.length = len(data)
+        self.cuts = cuts
+        self.kinds = [kind for _s, _e, kind in cuts]
+        #: the bytes outside the cut-out fields, and where each starts
+        segments, offsets, at = [], [], 0
+        for start, end, _kind in cuts:
+            segments.append(data[at:start])
+            offsets.append(at)
+            at = end
+        segments.append(data[at:])
+        offsets.append(at)
+        self.segments = tuple(segments)
+        self.offsets = tuple(offsets)
+        self.hex_slices = tuple(slice(s, e) for s, e, kind in cuts if kind == _HEX)
+        self.time_slices = tuple(slice(s, e) for s, e, kind in cuts if kind == _TIME)
+        quality = [slice(s, e) for s, e, kind in cuts if kind == _QUALITY]
+        self.quality = quality[0] if quality else None
+        self.id = slice(id_at, id_at + 32)
+        self.value = value
+        #: match_many's tables, built when first needed
+        self.run: _RunTables | None = None
+
+    def run_tables(self) -> _RunTables:
+        if self.run is None:
+            n = self.length
+            # Consecutive entries are joined end to end, so the last segment of one and the first
+            # of the next are one piece: the gaps are then exactly every other item.
+            parts: list[bytes | None] = [self.segments[0]]
+            for _ in range(_RUN_LENGTH):
+                for segment in self.segments[1:-1]:
+                    parts += (None, segment)
+                parts += (None, self.segments[-1] + self.segments[0])
+            starts = [s for s, _e, _kind in self.cuts]
+            self.run = _RunTables(
+                tuple(slice(r * n + s, r * n + e)
+                      for r in range(_RUN_LENGTH) for s, e, _kind in self.cuts),
+                parts,
+                [kind == _HEX for kind in self.kinds] * _RUN_LENGTH,
+                [kind == _TIME for kind in self.kinds] * _RUN_LENGTH,
+                [kind == _QUALITY for kind in self.kinds] * _RUN_LENGTH,
+                starts.index(self.id.start),
+                starts.index(self.value.start),
+            )
+        return self.run
+
+
+def _occurrences(data: bytes, key: bytes) -> list[int]:
+    """Where each ``key`` (a quoted key, a colon and the value's opening quote) ends in data."""
+    found = []
+    at = data.find(key)
+    while at >= 0:
+        found.append(at + len(key))
+        at = data.find(key, at + 1)
+    return found
+
+
+class EntryShapes:
+    """Recognises entries that equal an entry already accepted except in their variable fields.
+
+    A log's entries from one publisher mostly differ only in their ids, nonces, provenance
+    records, hash values, timestamps and qualities. A *shape* is the bytes of an entry that
+    :func:`scan_record` accepted, with those fields cut out. :meth:`match` accepts bytes of the
+    same length that equal a shape everywhere outside those fields and have, in each, a value of
+    the field's grammar, with a few C-level comparisons instead of decoding, validating and
+    encoding the record again; :meth:`match_many` does the same for a whole bundle's entries at
+    once. Both return None for anything else: the caller scans the record and :meth:`learn` s
+    its shape.
+
+    Why a match is exact, i.e. is a record :func:`~protocol.records.decode_record` accepts:
+
+    * the bytes outside the fields are the accepted record's, and each field's value has the
+      same length and only characters that JSON writes as themselves (lowercase hex; digits,
+      ``-``, ``:``, ``T`` and ``Z``), so the match parses to the same keys and the same values
+      except those fields, and is canonical (RFC 8785) exactly when the accepted record is;
+    * each field's new value is valid wherever it stands: ids, nonces and records take any 32
+      lowercase hex characters, a plain-hex hash type any n of them (see ``_PLAIN_HEX``), a
+      timestamp any real time of the one length records accepts (checked by ``_time``), a
+      two-digit quality anything from 10 to 99;
+    * no rule of an entry ties one of these fields to another field (the model's cross-field
+      rules read media, hash type, quality, labels and vetting only);
+    * a key is found by its quoted name followed by ``:"``: in canonical JSON a quote inside a
+      string is escaped, so that sequence only occurs where that key starts, and every key cut
+      out here names fields of one grammar wherever it occurs in an entry (``_HEX128_KEYS``,
+      ``_TIME_KEYS``). The count of each is checked against the view before a shape is kept.
+
+    tests/test_scan.py mutates matched records at random to check that a match is never wider
+    than the reference. Memory is bounded: at most ``limit`` shapes, emptied when full.
+    """
+
+    __slots__ = ("_by_length", "_count", "_learned", "_limit", "_matched", "_missed", "_runs",
+                 "_times")
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._by_length: dict[int, list[_Shape]] = {}
+        self._count = 0
+        self._runs = 0  # shapes with match_many's tables
+        self._times: set[bytes] = set()
+        # Learning costs a few scans' worth; when it stops paying (every entry its own shape, say
+        # a distinct source_ref each), only one miss in 16 is learned from.
+        self._learned = self._matched = self._missed = 0
+
+    def match(self, data: bytes) -> tuple[EntryFacts, bytes, bytes] | None:
+        """(facts, id, hash value) of an entry of a known shape, as ASCII bytes; else None."""
+        shapes = self._by_length.get(len(data))
+        if shapes is None:
+            self._missed += 1
+            return None
+        for i, shape in enumerate(shapes):
+            if all(map(data.startswith, shape.segments, shape.offsets)):
+                if i:  # the most recently matched shape is tried first
+                    shapes[0], shapes[i] = shape, shapes[0]
+                break
+        else:
+            self._missed += 1
+            return None
+        part = data.__getitem__
+        if b"".join(map(part, shape.hex_slices)).translate(None, _LOWER_HEX):
+            return None
+        if not self._times_ok(map(part, shape.time_slices)):
+            return None
+        if shape.quality is not None and part(shape.quality) not in _QUALITY_2:
+            return None
+        self._matched += 1
+        return shape.facts, part(shape.id), part(shape.value)
+
+    def match_many(self, leaves: Sequence[bytes]) -> ShapedRun | None:
+        """The leaves of the most common length, if all of them are entries of one known shape.
+
+        At most 256 leaves (a bundle). None if there is no such shape or any of them does not
+        match it: the caller then goes leaf by leaf.
+        """
+        if not leaves or len(leaves) > _RUN_LENGTH:
+            return None
+        lengths = list(map(len, leaves))
+        length = lengths[0]
+        positions: Sequence[int]
+        if lengths.count(length) == len(lengths):
+            positions, run = range(len(leaves)), leaves
+        else:
+            length = max(set(lengths), key=lengths.count)
+            positions = [i for i, n in enumerate(lengths) if n == length]
+            run = [leaves[i] for i in positions]
+        shapes = self._by_length.get(length)
+        if not shapes or self.match(run[0]) is None:
+            return None
+        shape = shapes[0]  # the one run[0] matched
+        if shape.run is None:
+            if self._runs >= _RUN_SHAPES:  # drop them all: the shapes in use build theirs again
+                for kept in self._by_length.values():
+                    for other in kept:
+                        other.run = None
+                self._runs = 0
+            self._runs += 1
+        tables = shape.run_tables()
+        n, k = len(run), len(shape.cuts)
+        joined = b"".join(run)
+        fields = list(map(joined.__getitem__, tables.slices[: n * k]))
+        parts = tables.parts[: 1 + 2 * k * n]
+        parts[-1] = shape.segments[-1]
+        parts[1::2] = fields
+        compress = itertools.compress
+        # Every byte outside the fields is the shape's (a join and one comparison), every hex
+        # field is lowercase hex, every timestamp a real time, every quality within bounds.
+        if (
+            b"".join(cast(list[bytes], parts)) != joined
+            or b"".join(compress(fields, tables.hex)).translate(None, _LOWER_HEX)
+            or not self._times_ok(set(compress(fields, tables.time)))
+            or not _QUALITY_2.issuperset(compress(fields, tables.quality))
+        ):
+            return None
+        self._matched += n - 1  # match counted run[0]
+        return ShapedRun(shape.facts, positions, fields[tables.id :: k], fields[tables.value :: k])
+
+    def _times_ok(self, times: Iterable[bytes]) -> bool:
+        for t in times:
+            if t not in self._times:
+                if not (t.isascii() and _time(t.decode())):
+                    return False
+                _remember(self._times, t)
+        return True
+
+    def learn(self, data: bytes, view: EntryView) -> None:
+        """Keep the shape of ``data``, which :func:`scan_record` accepted as ``view``."""
+        if self._learned > 64 + self._matched + self._missed // 16:
+            return
+        self._learned += 1
+        n = _PLAIN_HEX.get(view.hash.type)
+        if n is None or len(data) > MAX_RECORD_SIZE:
+            return  # other hash types are not cut out: no two entries would share a shape
+        hops = len(view.provenance.chain)
+        hex_starts = [_occurrences(data, key) for key in _HEX128_KEYS]
+        time_starts = [_occurrences(data, key) for key in _TIME_KEYS]
+        values = _occurrences(data, b'"value":"')
+        qualities = _occurrences(data, b'"quality":')  # the value is a number, not a string
+        found = ([len(x) for x in hex_starts], [len(x) for x in time_starts], len(values),
+                 len(qualities))
+        expected = ([1, 1, 1 + hops],
+                    [1, int(view.expires is not None), 1, int(view.vetting.at is not None) + hops],
+                    1, int(view.hash.quality is not None))
+        if found != expected:
+            return  # not the entry this reasoning is about: leave it to scan_record
+        cuts = [(s, s + 32, _HEX) for starts in hex_starts for s in starts]
+        cuts += [(s, s + _TIME_LENGTH, _TIME) for starts in time_starts for s in starts]
+        cuts.append((values[0], values[0] + n, _HEX))
+        q = view.hash.quality
+        if q is not None and 10 <= q <= 99:
+            cuts.append((qualities[0], qualities[0] + 2, _QUALITY))
+        cuts.sort()
+        shape = _Shape(data, EntryFacts(view.author, view.hash.type, view.labels), cuts,
+                       hex_starts[0][0], slice(values[0], values[0] + n))
+        if self._count >= self._limit:
+            self._by_length.clear()
+            self._count = self._runs = 0
+        shapes = self._by_length.setdefault(len(data), [])
+        shapes.insert(0, shape)
+        self._count += 1
+        if len(shapes) > 8:  # many shapes of one length: keep the recent ones
+            if shapes.pop().run is not None:
+                self._runs -= 1
+            self._count -= 1

@@ -808,3 +808,171 @@ def test_each_rule_is_enforced_by_the_fast_path(kind: str, changes: dict[str, An
         decode_record(data)
     assert scan._fast_scan(data) is None
     assert_agree(data)
+
+
+# ---- EntryShapes: entries that differ only in ids, hashes, times and quality --------------------
+
+#: a field the shapes cut out, and the end of its key in canonical bytes
+_CUT_KEY_RE = re.compile(rb'"(id|nonce|record|created|expires|first_seen|at|value)":"|"quality":')
+_BAD_TIME_BYTES = [b"2026-02-30T00:00:00Z", b"2026-13-01T00:00:00Z", b"2026-01-01T24:00:00Z",
+              b"2026-01-01T00:00:60Z", b"2026-0a-01T00:00:00Z", b"2026-01-01 00:00:00Z",
+              b"0000-01-01T00:00:00Z"]
+
+
+_LOWER = b"0123456789abcdef"
+
+
+def _field_end(data: bytes, start: int, quoted: bool) -> int:
+    if quoted:
+        return data.index(b'"', start)
+    end = start
+    while end < len(data) and data[end : end + 1].isdigit():
+        end += 1
+    return end
+
+
+@st.composite
+def _new_value(draw: st.DrawFn, old: bytes, key: bytes) -> bytes:
+    """A value of the same length for a cut-out field: mostly valid, sometimes not."""
+    n = len(old)
+    if key in (b"created", b"expires", b"first_seen", b"at"):
+        pool = [t.encode() for t in [draw(timestamps)]] + _BAD_TIME_BYTES
+        value: bytes = draw(st.sampled_from(pool))
+        return value if len(value) == n else old
+    if key == b"quality":
+        return draw(st.binary(min_size=n, max_size=n).map(
+            lambda b: bytes(b"0123456789a"[x % 11] for x in b)))
+    alphabet = draw(st.sampled_from([_LOWER, _LOWER, _LOWER + b"ABCDEFg-"]))
+    return bytes(draw(st.lists(st.sampled_from(alphabet), min_size=n, max_size=n)))
+
+
+@st.composite
+def _shape_variants(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """An entry's bytes, and the same bytes with some cut-out fields (and perhaps one other byte)
+    changed in place: the inputs EntryShapes.match has to judge."""
+    _record, data = build(draw(entries()))
+    out = bytearray(data)
+    for m in _CUT_KEY_RE.finditer(data):
+        if draw(st.booleans()):
+            key = m.group(1) or b"quality"
+            end = _field_end(data, m.end(), quoted=m.group(1) is not None)
+            out[m.end() : end] = draw(_new_value(data[m.end() : end], key))
+    if draw(st.integers(0, 3)) == 0:  # and one byte anywhere, to anything
+        i = draw(st.integers(0, len(out) - 1))
+        out[i] = draw(st.integers(0, 255))
+    return data, bytes(out)
+
+
+def _agrees_with_reference(data: bytes, facts: scan.EntryFacts, rid: bytes, value: bytes) -> None:
+    record = decode_record(data)  # a match must be a record the reference accepts ...
+    assert isinstance(record, Entry)  # ... read the same way
+    assert (record.author, record.hash.type, record.labels) == tuple(facts)
+    assert (record.id.encode(), record.hash.value.encode()) == (rid, value)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_shape_variants())
+def test_shape_matches_are_never_wider_than_the_reference(pair: tuple[bytes, bytes]) -> None:
+    data, variant = pair
+    shapes = scan.EntryShapes()
+    view = scan_record(data)
+    assert isinstance(view, EntryView)
+    shapes.learn(data, view)
+    matched = shapes.match(variant)
+    if matched is not None:
+        _agrees_with_reference(variant, *matched)
+    run = shapes.match_many([data, variant, data])
+    if run is not None:
+        assert list(run.positions) == [0, 1, 2]
+        for leaf, rid, value in zip([data, variant, data], run.ids, run.values, strict=True):
+            _agrees_with_reference(leaf, run.facts, rid, value)
+    if matched is None and variant != data:
+        # refused: the reference decides, through scan_record, as for any other bytes
+        assert_agree(variant)
+
+
+def _entry_bytes(**changes: Any) -> bytes:
+    d = _valid_entry()
+    d["hash"] = {"type": "pdq", "value": "ab" * 32, "quality": 90}
+    d["provenance"]["chain"] = [dict(_HOP)]
+    d["vetting"]["at"] = "2026-01-01T00:00:00Z"
+    for path, value in changes.items():
+        _set_path(d, list[str | int](path.split("__")), value)
+    return encode_record(record_from_dict(d))
+
+
+def test_entries_that_differ_only_in_their_variable_fields_match() -> None:
+    shapes = scan.EntryShapes()
+    first = _entry_bytes()
+    assert shapes.match(first) is None  # nothing learned yet
+    view = scan_record(first)
+    assert isinstance(view, EntryView)
+    shapes.learn(first, view)
+    others = [
+        _entry_bytes(id=f"{i:032x}", nonce=f"{i + 1:032x}", created="2027-03-04T05:06:07Z",
+                     hash__value=f"{i:064x}", hash__quality=10 + i, provenance__record=f"{i:032x}",
+                     provenance__first_seen="2025-12-31T23:59:59Z",
+                     vetting__at="2026-02-28T12:00:00Z")
+        for i in range(1, 4)
+    ]
+    for leaf in others:
+        matched = shapes.match(leaf)
+        assert matched is not None
+        _agrees_with_reference(leaf, *matched)
+    revocation = encode_record(record_from_dict(_BASES["revocation"]))
+    run = shapes.match_many([others[0], revocation, others[1], first, others[2]])
+    assert run is not None and list(run.positions) == [0, 2, 3, 4]
+    assert run.ids == [x.encode() for x in ("1".zfill(32), "2".zfill(32), view.id, "3".zfill(32))]
+    assert run.facts == scan.EntryFacts(view.author, "pdq", view.labels)
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    ("id", "0123456789ABCDEF0123456789abcdef"),  # upper case
+    ("nonce", "0123456789abcdeg0123456789abcdef"),  # not hex
+    ("created", "2026-02-30T00:00:00Z"),  # not a real date
+    ("provenance__first_seen", "2026-01-01T00:00:60Z"),  # not a real time
+    ("hash__quality", 100),  # another length: another shape
+    ("author", "x.example"),  # same length, outside the fields
+    ("labels", ["ic:A2"]),
+    ("provenance__chain__0__at", "2026-01-01T00:00:00Z"),  # same as learned: matches
+])
+def test_each_field_refuses_what_the_reference_refuses(path: str, value: Any) -> None:
+    shapes = scan.EntryShapes()
+    first = _entry_bytes()
+    view = scan_record(first)
+    assert isinstance(view, EntryView)
+    shapes.learn(first, view)
+    d = json.loads(first)
+    keys = path.split("__")
+    target = d
+    for k in keys[:-1]:
+        target = target[int(k)] if k.isdigit() else target[k]
+    target[keys[-1]] = value
+    variant = json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
+    matched = shapes.match(variant)
+    run = shapes.match_many([first, variant])
+    if path.endswith("chain__0__at"):
+        assert matched is not None and run is not None
+        return
+    assert matched is None and (run is None or 1 not in run.positions)
+    assert_agree(variant)  # whatever the reference says, scan_record says the same
+
+
+def test_shapes_stay_bounded_and_stop_learning_when_it_does_not_pay() -> None:
+    shapes = scan.EntryShapes(limit=5)
+    leaves = [_entry_bytes(provenance__source_ref="r" * (i + 1)) for i in range(40)]
+    for leaf in leaves:
+        assert shapes.match(leaf) is None  # each its own length: never a match
+        view = scan_record(leaf)
+        assert isinstance(view, EntryView)
+        shapes.learn(leaf, view)
+        assert shapes._count <= 5
+    # 40 misses, no match: learning goes on (64 free lessons), then one miss in 16
+    many = scan.EntryShapes()
+    for i in range(250):
+        leaf = _entry_bytes(provenance__source_ref="s" * (1 + i))
+        many.match(leaf)
+        view = scan_record(leaf)
+        assert isinstance(view, EntryView)
+        many.learn(leaf, view)
+    assert many._matched == 0 and many._learned <= 64 + 250 // 16 + 1

@@ -410,6 +410,53 @@ def test_bundle_path_equals_per_leaf_path(
             [merkle.leaf_hash(x) for x in leaves])
 
 
+#: entries of one shape (one author, pdq, the same labels and times), and revocations of some:
+#: what scan_bundle checks a whole run of at once (EntryShapes.match_many)
+_ONE_SHAPE = [make_entry("a.example") for _ in range(300)]
+_ONE_SHAPE_POOL = _ONE_SHAPE + [make_revocation(t) for t in _ONE_SHAPE[::5]]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.permutations(range(len(_ONE_SHAPE_POOL))),
+    st.integers(0, 300),
+    st.integers(0, 3),
+    st.integers(0, 599),
+)
+def test_shaped_bundles_equal_the_per_leaf_path(
+    order: list[int], keep: int, mode: int, at: int
+) -> None:
+    # Entries in order, then a shuffle of the rest: revocations before, after and in the same
+    # bundle as their targets. mode 1: an invalid leaf at ``at``; 2: a leaf repeated; 3: an
+    # entry's id reused by another entry of the same shape.
+    leaves = _ONE_SHAPE[:keep] + [_ONE_SHAPE_POOL[i] for i in order if i >= keep]
+    if mode == 1:
+        leaves[at % len(leaves)] = _BAD_LEAF
+    if mode == 2:
+        leaves.insert(at % len(leaves) + 1, leaves[at % len(leaves)])
+    if mode == 3:
+        entry = verify_record(_ONE_SHAPE[at % 300])
+        leaves.insert(at % len(leaves), make_entry("a.example", id=entry.id))
+    one, many = LogAuditor(ORIGIN), LogAuditor(ORIGIN)
+    expected = _outcome(lambda: _by_leaf(one, leaves), one)
+    assert _outcome(lambda: _by_bundles(many, leaves), many) == expected
+
+
+def test_a_bundle_of_one_shape_is_checked_at_once() -> None:
+    from protocol import verify
+
+    scanned = verify.scan_bundle(_ONE_SHAPE[:256], 0)
+    assert scanned.slow is None and len(scanned.entries) == 256
+    run = verify._SHAPES.match_many(_ONE_SHAPE[:256])
+    assert run is not None and len(run.ids) == 256  # learned from the bundle before
+    # with a revocation of a later entry of the bundle: the per-leaf path, for its exact error
+    leaves = [*_ONE_SHAPE[:10], make_revocation(_ONE_SHAPE[20]), *_ONE_SHAPE[10:255]]
+    assert verify.scan_bundle(leaves, 0).slow is not None
+    auditor = LogAuditor(ORIGIN)
+    with pytest.raises(VerificationError, match="leaf 10"):
+        _by_bundles(auditor, leaves)
+
+
 def test_bundle_path_takes_the_fast_path_and_keeps_authors_across_bundles() -> None:
     from protocol.verify import scan_bundle
 
