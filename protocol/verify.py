@@ -35,7 +35,14 @@ from protocol.errors import (
 )
 from protocol.note import Verifier
 from protocol.records import Attestation, Entry, Membership, Revocation, decode_record
-from protocol.scan import EntryFacts, EntryShapes, EntryView, RevocationView, scan_record
+from protocol.scan import (
+    _PLAIN_HEX,
+    EntryFacts,
+    EntryShapes,
+    EntryView,
+    RevocationView,
+    scan_record,
+)
 from protocol.tiles import TILE_WIDTH
 
 __all__ = [
@@ -209,12 +216,23 @@ class AuditSummary:
 
 
 def _hash_key(hash_type: str, hash_value: str) -> bytes:
-    """16 bytes standing for an entry's hash, so a revocation's ``target_hash`` can be compared.
+    """Bytes standing for an entry's (valid) hash, so a revocation's ``target_hash`` can be
+    compared with it.
 
-    Keeping a digest instead of the strings bounds the per-entry memory whatever the hash type
-    (vPDQ values run to kilobytes). 128 bits: a log operator cannot grind a colliding pair.
+    A plain-hex type of at most 32 bytes (md5, sha1, sha256, pdq...) is kept exactly: its name,
+    a newline and the value's bytes. That costs no hashing, which the audit of a large log
+    notices, and at most 37 bytes. Any other type (vPDQ values run to kilobytes) is a zero byte
+    and 16 bytes of SHA-256 over name and value, which bounds the memory (128 bits: a log
+    operator cannot grind a colliding pair). A type name never starts with a zero byte, so the
+    two forms cannot collide.
     """
-    return hashlib.sha256(f"{hash_type}\n{hash_value}".encode()).digest()[:16]
+    n = _PLAIN_HEX.get(hash_type)
+    if n is not None and n <= _RAW_KEY_HEX:
+        return hash_type.encode() + b"\n" + bytes.fromhex(hash_value)
+    return b"\x00" + hashlib.sha256(f"{hash_type}\n{hash_value}".encode()).digest()[:16]
+
+
+_RAW_KEY_HEX = 64  # plain-hex values up to this many digits are their own key
 
 
 #: what the log-level checks need from one record: (type, author, detail), picklable
@@ -291,7 +309,7 @@ class ScannedBundle(NamedTuple):
     leaf_hashes: bytes
     #: MTH of the leaves when the bundle is full (the next tile level's entry), else None
     subtree: bytes | None = None
-    #: entry id (16 bytes) -> its hash key (16 bytes) and author reference (7 bytes)
+    #: entry id (16 bytes) -> its hash key (_hash_key) and author reference (7 bytes)
     entries: Mapping[bytes, bytes] = _NO_ENTRIES
     #: the entries' authors, in order of first use: what the author references point into
     authors_table: tuple[str, ...] = ()
@@ -356,9 +374,14 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
     if shaped is not None:
         facts = shaped.facts
         ref = refs[facts.author] = _author_ref(first >> 8, 0)
-        prefix = facts.hash_type.encode() + b"\n"
-        # _hash_key's digests, from the bytes (type and value are ASCII or UTF-8 alike)
-        keys = [sha(prefix + value).digest()[:16] + ref for value in shaped.values]
+        width = len(shaped.values[0])  # a shape's hash type is plain hex: one width
+        if width <= _RAW_KEY_HEX:  # _hash_key's form, for all of them in one unhexlify
+            prefix = facts.hash_type.encode() + b"\n"
+            raw = unhexlify(b"".join(shaped.values))
+            width //= 2
+            keys = [prefix + raw[i : i + width] + ref for i in range(0, len(raw), width)]
+        else:
+            keys = [_hash_key(facts.hash_type, value.decode()) + ref for value in shaped.values]
         ids.update(zip(map(unhexlify, shaped.ids), keys, strict=True))
         entry_facts += itertools.repeat(facts, len(shaped.ids))
         done = set(shaped.positions)
@@ -442,12 +465,13 @@ class LogAuditor:
     revoke it twice, and with ``role`` "author" must come from the entry's author.
 
     Memory: those revocation checks need every entry's id, so the auditor keeps, per entry, its
-    16-byte id mapped to a 16-byte digest of its hash and a 7-byte author reference (the entry's
-    bundle and the author's place in that bundle's list of authors), plus the set of revoked ids.
-    In CPython that is about 200 bytes per entry (two small ``bytes`` objects, which take the same
-    56 bytes for 20 to 23 bytes of data, and a dict slot; measured: +44 MB peak for a 200,000-leaf
-    audit), so about 200 MB per million entries, plus about 80 MB per million revocations, plus
-    one short list of authors per 256 leaves.
+    16-byte id mapped to its hash's key (see _hash_key: at most 37 bytes) and a 7-byte author
+    reference (the entry's bundle and the author's place in that bundle's list of authors), plus
+    the set of revoked ids. In CPython that is about 200-225 bytes per entry (two small ``bytes``
+    objects of 56 and, for a PDQ hash, 80 bytes, and a dict slot; measured: +44 MB peak for a
+    200,000-leaf audit with 16-byte keys, +24 MB per million entries since), so about 225 MB per
+    million entries, plus about 80 MB per million revocations, plus one short list of authors
+    per 256 leaves.
     Everything else (counts per type, reason, label, author) is bounded by the number of distinct
     values, not by the log size.
     """
@@ -585,7 +609,7 @@ class LogAuditor:
             tid = bytes.fromhex(target)
             # An entry of this bundle is earlier than the revocation: scan_bundle checked that.
             key = entries.get(tid) or new.get(tid)
-            if key is None or tid in self._revoked or key[:16] != ref_key:
+            if key is None or tid in self._revoked or key[:-7] != ref_key:
                 return False
             if role == "author" and self._author_of(key, s) != author:
                 return False
@@ -616,10 +640,10 @@ class LogAuditor:
 
     def _author_of(self, key: bytes, pending: ScannedBundle | None = None) -> str:
         """The author of the entry whose stored value is ``key`` (see _add_entry)."""
-        bundle = int.from_bytes(key[16:22], "big")
+        bundle = int.from_bytes(key[-7:-1], "big")
         if pending is not None and bundle == pending.first >> 8:
-            return pending.authors_table[key[22]]
-        return self._bundle_authors[bundle][key[22]]
+            return pending.authors_table[key[-1]]
+        return self._bundle_authors[bundle][key[-1]]
 
     def _apply(self, facts: RecordFacts, index: int) -> None:
         rtype, author, detail = facts
@@ -666,7 +690,7 @@ class LogAuditor:
             raise VerificationError(
                 f"{prefix} targets entry {target}, which is already revoked", field=where
             )
-        if key[:16] != ref_key:
+        if key[:-7] != ref_key:
             raise VerificationError(
                 f"{prefix} names hash {ref_type}:{ref_value16}..., which is not the hash of "
                 f"entry {target}",
