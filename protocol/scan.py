@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from binascii import unhexlify
 from collections.abc import Callable, Iterable, Sequence
-from typing import Annotated, Any, Literal, NamedTuple, TypeAlias, cast
+from typing import Annotated, Any, Literal, NamedTuple, TypeAlias
 
 import msgspec
 from msgspec import Meta
@@ -525,9 +526,11 @@ class ShapedRun(NamedTuple):
     facts: EntryFacts
     #: where each matched entry is in the sequence given
     positions: Sequence[int]
-    #: each one's id and hash value, as ASCII bytes, in the same order
-    ids: list[bytes]
-    values: list[bytes]
+    #: their ids (16 bytes each) and hash values (``value_size`` bytes each), in the same order,
+    #: concatenated
+    ids: bytes
+    values: bytes
+    value_size: int
 
 
 #: keys whose every occurrence in an entry is a Hex128 field: top-level id and nonce, the
@@ -546,35 +549,40 @@ _RUN_SHAPES = 16  # shapes with match_many's tables at once (~130 KB each)
 
 
 class _RunTables(NamedTuple):
-    """What match_many needs to check _RUN_LENGTH entries of one shape laid end to end."""
+    """What match_many needs to check _RUN_LENGTH entries of one shape, joined end to end.
 
-    #: every cut-out field of every entry, in order
-    slices: tuple[slice, ...]
-    #: the segments between the fields, with a gap (None) for each field: every other item
-    parts: list[bytes | None]
-    #: which of the fields are hex, timestamps, qualities
-    hex: list[bool]
-    time: list[bool]
-    quality: list[bool]
-    #: where the id and the hash value are among one entry's fields
-    id: int
-    value: int
+    Byte j of every entry is every length-th byte of the joined entries from j on: one strided
+    slice (a *column*) gives it for all of them, so the checks cost per column, not per entry.
+    """
+
+    #: the columns outside the cut-out fields, and what they hold when every entry is the shape
+    fixed: tuple[slice, ...]
+    fixed_expected: bytes
+    #: the columns of the hex fields other than the id and the hash value
+    hex: tuple[slice, ...]
+    #: per timestamp field, its columns, and its slice in each entry
+    times: tuple[tuple[tuple[slice, ...], tuple[slice, ...]], ...]
+    #: the two columns of a two-digit quality, if cut out
+    quality: tuple[slice, ...]
+    #: the id and the hash value of each entry
+    ids: tuple[slice, ...]
+    values: tuple[slice, ...]
 
 
 class _Shape:
     """An accepted entry with its variable fields cut out (see EntryShapes)."""
 
     __slots__ = (
-        "cuts", "facts", "hex_slices", "id", "kinds", "length", "offsets", "quality", "run",
-        "segments", "time_slices", "value",
+        "cuts", "facts", "hex_slices", "id", "length", "offsets", "quality", "run", "segments",
+        "template", "time_slices", "value",
     )
 
     def __init__(self, data: bytes, facts: EntryFacts, cuts: list[tuple[int, int, int]],
                  id_at: int, value: slice) -> None:
         self.facts = facts
+        self.template = data
         self.length = len(data)
         self.cuts = cuts
-        self.kinds = [kind for _s, _e, kind in cuts]
         #: the bytes outside the cut-out fields, and where each starts
         segments, offsets, at = [], [], 0
         for start, end, _kind in cuts:
@@ -596,24 +604,29 @@ class _Shape:
 
     def run_tables(self) -> _RunTables:
         if self.run is None:
-            n = self.length
-            # Consecutive entries are joined end to end, so the last segment of one and the first
-            # of the next are one piece: the gaps are then exactly every other item.
-            parts: list[bytes | None] = [self.segments[0]]
-            for _ in range(_RUN_LENGTH):
-                for segment in self.segments[1:-1]:
-                    parts += (None, segment)
-                parts += (None, self.segments[-1] + self.segments[0])
-            starts = [s for s, _e, _kind in self.cuts]
+            n, data = self.length, self.template
+            cut = {j for start, end, _kind in self.cuts for j in range(start, end)}
+            fixed = [j for j in range(n) if j not in cut]
+
+            def columns(start: int, end: int) -> tuple[slice, ...]:
+                return tuple(slice(j, None, n) for j in range(start, end))
+
+            def rows(field: slice) -> tuple[slice, ...]:
+                return tuple(slice(r * n + field.start, r * n + field.stop)
+                             for r in range(_RUN_LENGTH))
+
+            special = (self.id.start, self.value.start)
             self.run = _RunTables(
-                tuple(slice(r * n + s, r * n + e)
-                      for r in range(_RUN_LENGTH) for s, e, _kind in self.cuts),
-                parts,
-                [kind == _HEX for kind in self.kinds] * _RUN_LENGTH,
-                [kind == _TIME for kind in self.kinds] * _RUN_LENGTH,
-                [kind == _QUALITY for kind in self.kinds] * _RUN_LENGTH,
-                starts.index(self.id.start),
-                starts.index(self.value.start),
+                tuple(slice(j, None, n) for j in fixed),
+                b"".join(data[j : j + 1] * _RUN_LENGTH for j in fixed),
+                tuple(c for start, end, kind in self.cuts
+                      if kind == _HEX and start not in special for c in columns(start, end)),
+                tuple((columns(start, end), rows(slice(start, end)))
+                      for start, end, kind in self.cuts if kind == _TIME),
+                tuple(c for start, end, kind in self.cuts if kind == _QUALITY
+                      for c in columns(start, end)),
+                rows(self.id),
+                rows(self.value),
             )
         return self.run
 
@@ -727,24 +740,42 @@ class EntryShapes:
                 self._runs = 0
             self._runs += 1
         tables = shape.run_tables()
-        n, k = len(run), len(shape.cuts)
-        joined = b"".join(run)
-        fields = list(map(joined.__getitem__, tables.slices[: n * k]))
-        parts = tables.parts[: 1 + 2 * k * n]
-        parts[-1] = shape.segments[-1]
-        parts[1::2] = fields
-        compress = itertools.compress
-        # Every byte outside the fields is the shape's (a join and one comparison), every hex
-        # field is lowercase hex, every timestamp a real time, every quality within bounds.
-        if (
-            b"".join(cast(list[bytes], parts)) != joined
-            or b"".join(compress(fields, tables.hex)).translate(None, _LOWER_HEX)
-            or not self._times_ok(set(compress(fields, tables.time)))
-            or not _QUALITY_2.issuperset(compress(fields, tables.quality))
-        ):
+        n = len(run)
+        # Always _RUN_LENGTH entries, so that the expected columns are the same for every run:
+        # the padding repeats run[0], which matched on its own above.
+        joined = b"".join(itertools.chain(run, itertools.repeat(run[0], _RUN_LENGTH - n)))
+        column = joined.__getitem__
+        # Every byte outside the fields is the shape's, ...
+        if b"".join(map(column, tables.fixed)) != tables.fixed_expected:
             return None
+        # ... every hex field is lowercase hex, ...
+        if b"".join(map(column, tables.hex)).translate(None, _LOWER_HEX):
+            return None
+        ids = b"".join(map(column, tables.ids[:n]))
+        values = b"".join(map(column, tables.values[:n]))
+        try:
+            raw_ids, raw_values = unhexlify(ids), unhexlify(values)
+        except ValueError:  # binascii.Error: not hex
+            return None
+        if raw_ids.hex().encode() != ids or raw_values.hex().encode() != values:
+            return None  # upper case
+        # ... every timestamp a real time (often one for the whole run), ...
+        for columns, rows in tables.times:
+            cols = list(map(column, columns))
+            if all(c.count(c[0]) == _RUN_LENGTH for c in cols):
+                times: Iterable[bytes] = (joined[rows[0]],)
+            else:
+                times = set(map(column, rows[:n]))
+            if not self._times_ok(times):
+                return None
+        # ... and every two-digit quality from 10 to 99.
+        if tables.quality:
+            tens, units = map(column, tables.quality)
+            if tens.translate(None, b"123456789") or units.translate(None, b"0123456789"):
+                return None
         self._matched += n - 1  # match counted run[0]
-        return ShapedRun(shape.facts, positions, fields[tables.id :: k], fields[tables.value :: k])
+        return ShapedRun(shape.facts, positions, raw_ids, raw_values,
+                         (shape.value.stop - shape.value.start) // 2)
 
     def _times_ok(self, times: Iterable[bytes]) -> bool:
         for t in times:

@@ -370,20 +370,21 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
     #: the bundle name one of them
     loose: list[tuple[bytes, int]] = []
     shaped = _SHAPES.match_many(entries)
+    run_ids: list[bytes] = []
     rest: Iterable[int] = range(len(entries))
     if shaped is not None:
         facts = shaped.facts
         ref = refs[facts.author] = _author_ref(first >> 8, 0)
-        width = len(shaped.values[0])  # a shape's hash type is plain hex: one width
-        if width <= _RAW_KEY_HEX:  # _hash_key's form, for all of them in one unhexlify
+        raw, size = shaped.values, shaped.value_size
+        if size * 2 <= _RAW_KEY_HEX:  # _hash_key's form, without a call per entry
             prefix = facts.hash_type.encode() + b"\n"
-            raw = unhexlify(b"".join(shaped.values))
-            width //= 2
-            keys = [prefix + raw[i : i + width] + ref for i in range(0, len(raw), width)]
+            keys = [prefix + raw[i : i + size] + ref for i in range(0, len(raw), size)]
         else:
-            keys = [_hash_key(facts.hash_type, value.decode()) + ref for value in shaped.values]
-        ids.update(zip(map(unhexlify, shaped.ids), keys, strict=True))
-        entry_facts += itertools.repeat(facts, len(shaped.ids))
+            keys = [_hash_key(facts.hash_type, raw[i : i + size].hex()) + ref
+                    for i in range(0, len(raw), size)]
+        run_ids = [shaped.ids[i : i + 16] for i in range(0, len(shaped.ids), 16)]
+        ids.update(zip(run_ids, keys, strict=True))
+        entry_facts += itertools.repeat(facts, len(run_ids))
         done = set(shaped.positions)
         rest = [i for i in rest if i not in done] if len(done) < len(entries) else ()
     for offset in rest:
@@ -423,7 +424,7 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
         if named := ids.keys() & targets:  # entries of this bundle: each must come first
             offsets = dict(loose)
             if shaped is not None:
-                offsets.update(zip(map(unhexlify, shaped.ids), shaped.positions, strict=True))
+                offsets.update(zip(run_ids, shaped.positions, strict=True))
             if any(offsets[t] > o for t, (o, _a, _d) in zip(targets, revocations, strict=True)
                    if t in named):
                 return _slow_scan(entries, first)
