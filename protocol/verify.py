@@ -16,9 +16,8 @@ message names what failed: which leaf index, which record, which checkpoint.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from binascii import unhexlify
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -285,14 +284,47 @@ def decode_bundle(entries: Sequence[bytes]) -> DecodedBundle:
     return facts, hashes, None
 
 
-#: entries get their author as a reference into a per-bundle table: 6 bytes of bundle number
-#: (index >> 8) and 1 byte of position, so a log may have 2**56 leaves
+#: the most leaves an audit takes (a bound far beyond any log, checked so indexes stay sane)
 _MAX_AUDIT_LEAVES = 1 << 56
 
 
 # Never written to: picklable empty defaults (a mappingproxy is not picklable).
 _NO_COUNTS: Mapping[str, int] = {}
-_NO_ENTRIES: Mapping[bytes, bytes] = {}
+
+#: the 16-byte ids of a bundle's entries, from their concatenation
+_ID_SLICES = tuple(slice(i * 16, i * 16 + 16) for i in range(TILE_WIDTH))
+
+
+#: EntryKeys' default ``loose``: never written to (the auditor replaces it before adding one)
+_NO_LOOSE: dict[int, tuple[bytes, str]] = {}
+
+
+class EntryKeys(NamedTuple):
+    """The hash key (_hash_key) and author of each entry of one bundle, by offset in it.
+
+    Most of a bundle's entries are one shape's (see EntryShapes): their keys are ``run_prefix``
+    and a ``run_size``-byte piece of ``run_values``, in the order of ``run_offsets``, and their
+    author is ``run_author``. The others are in ``loose``. Kept as whole buffers rather than an
+    object per entry, because the auditor keeps one per bundle of the log.
+    """
+
+    run_offsets: bytes = b""  # one byte per entry
+    run_values: bytes = b""
+    run_size: int = 0
+    run_prefix: bytes = b""
+    run_author: str = ""
+    loose: dict[int, tuple[bytes, str]] = _NO_LOOSE
+
+    def key_of(self, offset: int) -> tuple[bytes, str]:
+        """(hash key, author) of the entry at ``offset`` (KeyError if none is there)."""
+        found = self.loose.get(offset)
+        if found is not None:
+            return found
+        rank = self.run_offsets.find(bytes((offset,)))
+        if rank < 0:
+            raise KeyError(offset)
+        size = self.run_size
+        return self.run_prefix + self.run_values[rank * size : rank * size + size], self.run_author
 
 
 class ScannedBundle(NamedTuple):
@@ -309,10 +341,12 @@ class ScannedBundle(NamedTuple):
     leaf_hashes: bytes
     #: MTH of the leaves when the bundle is full (the next tile level's entry), else None
     subtree: bytes | None = None
-    #: entry id (16 bytes) -> its hash key (_hash_key) and author reference (7 bytes)
-    entries: Mapping[bytes, bytes] = _NO_ENTRIES
-    #: the entries' authors, in order of first use: what the author references point into
-    authors_table: tuple[str, ...] = ()
+    #: the ids of the bundle's entries (16 bytes each), concatenated, and each one's offset in
+    #: the bundle (one byte each), in the same order
+    entry_ids: bytes = b""
+    entry_offsets: bytes = b""
+    #: their hash keys and authors
+    keys: EntryKeys = EntryKeys()
     #: (offset in the bundle, author, details as in record_facts) of each revocation, in order
     revocations: tuple[tuple[int, str, tuple[Any, ...]], ...] = ()
     record_types: Mapping[str, int] = _NO_COUNTS
@@ -331,8 +365,12 @@ class ScannedBundle(NamedTuple):
 _SHAPES = EntryShapes()
 
 
-def _author_ref(bundle: int, position: int) -> bytes:
-    return bundle.to_bytes(6, "big") + bytes((position,))
+def _find_id(ids: bytes, rid: bytes) -> int:
+    """The rank of ``rid`` among the 16-byte ids concatenated in ``ids``, or -1."""
+    at = ids.find(rid)
+    while at >= 0 and at % 16:
+        at = ids.find(rid, at + 1)
+    return at // 16 if at >= 0 else -1
 
 
 def _slow_scan(entries: Sequence[bytes], first: int) -> ScannedBundle:
@@ -360,31 +398,29 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
         return _slow_scan(entries, first)
     sha = hashlib.sha256
     hashes = [sha(b"\x00" + data).digest() for data in entries]
-    ids: dict[bytes, bytes] = {}
-    refs: dict[str, bytes] = {}
-    entry_facts: list[EntryFacts] = []
+    facts_count: Counter[EntryFacts] = Counter()
     other_authors: list[str] = []
     others: list[str] = []
     revocations: list[tuple[int, str, tuple[Any, ...]]] = []
-    #: (id, offset) of the entries not in the shaped run: where each is, should a revocation of
-    #: the bundle name one of them
-    loose: list[tuple[bytes, int]] = []
-    shaped = _SHAPES.match_many(entries)
-    run_ids: list[bytes] = []
+    loose_ids: list[bytes] = []
+    loose_offsets: list[int] = []
+    loose_keys: dict[int, tuple[bytes, str]] = {}
+    keys = EntryKeys()
+    run_ids = b""
     rest: Iterable[int] = range(len(entries))
+    shaped = _SHAPES.match_many(entries)
     if shaped is not None:
-        facts = shaped.facts
-        ref = refs[facts.author] = _author_ref(first >> 8, 0)
-        raw, size = shaped.values, shaped.value_size
-        if size * 2 <= _RAW_KEY_HEX:  # _hash_key's form, without a call per entry
+        facts, size, values = shaped.facts, shaped.value_size, shaped.values
+        if size * 2 <= _RAW_KEY_HEX:  # _hash_key's form: the type's prefix and the value
             prefix = facts.hash_type.encode() + b"\n"
-            keys = [prefix + raw[i : i + size] + ref for i in range(0, len(raw), size)]
         else:
-            keys = [_hash_key(facts.hash_type, raw[i : i + size].hex()) + ref
-                    for i in range(0, len(raw), size)]
-        run_ids = [shaped.ids[i : i + 16] for i in range(0, len(shaped.ids), 16)]
-        ids.update(zip(run_ids, keys, strict=True))
-        entry_facts += itertools.repeat(facts, len(run_ids))
+            prefix = b""
+            values = b"".join(_hash_key(facts.hash_type, values[i : i + size].hex())
+                              for i in range(0, len(values), size))
+            size = len(values) // len(shaped.positions)
+        keys = EntryKeys(bytes(shaped.positions), values, size, prefix, facts.author)
+        run_ids = shaped.ids
+        facts_count[facts] += len(shaped.positions)
         done = set(shaped.positions)
         rest = [i for i in rest if i not in done] if len(done) < len(entries) else ()
     for offset in rest:
@@ -408,46 +444,46 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
                     others.append(record.type)
                 continue
         facts, rid, value = matched
-        author_ref = refs.get(facts.author)
-        if author_ref is None:
-            author_ref = refs[facts.author] = _author_ref(first >> 8, len(refs))
-        raw_id = unhexlify(rid)
-        ids[raw_id] = _hash_key(facts.hash_type, value.decode()) + author_ref
-        loose.append((raw_id, offset))
-        entry_facts.append(facts)
-    if len(ids) != len(entry_facts):  # an id used twice in the bundle
-        return _slow_scan(entries, first)
+        loose_ids.append(unhexlify(rid))
+        loose_offsets.append(offset)
+        loose_keys[offset] = (_hash_key(facts.hash_type, value.decode()), facts.author)
+        facts_count[facts] += 1
+    entry_ids = run_ids + b"".join(loose_ids)
+    entry_offsets = keys.run_offsets + bytes(loose_offsets)
+    if loose_keys:
+        keys = keys._replace(loose=loose_keys)
+    # An id used twice in the bundle is left to the auditor, which sees it anyway (and then
+    # takes the per-leaf path). Revocations: a target revoked twice, or an entry of the bundle
+    # revoked before it, go the per-leaf path from here.
     if revocations:
         targets = [bytes.fromhex(d[1]) for _o, _a, d in revocations]
-        if len(set(targets)) != len(targets):  # a target revoked twice
+        if len(set(targets)) != len(targets):
             return _slow_scan(entries, first)
-        if named := ids.keys() & targets:  # entries of this bundle: each must come first
-            offsets = dict(loose)
-            if shaped is not None:
-                offsets.update(zip(run_ids, shaped.positions, strict=True))
-            if any(offsets[t] > o for t, (o, _a, _d) in zip(targets, revocations, strict=True)
-                   if t in named):
+        for target, (offset, _a, _d) in zip(targets, revocations, strict=True):
+            rank = _find_id(entry_ids, target)
+            if rank >= 0 and entry_offsets[rank] > offset:
                 return _slow_scan(entries, first)
     authors = Counter(other_authors)
     hash_types: Counter[str] = Counter()
     labels: Counter[str] = Counter()
-    for facts, count in Counter(entry_facts).items():
+    for facts, count in facts_count.items():
         authors[facts.author] += count
         hash_types[facts.hash_type] += count
         for label in facts.labels:
             labels[label] += count
     joined = b"".join(hashes)
     types = Counter(others)
-    if entry_facts:
-        types["entry"] = len(entry_facts)
+    if entry_offsets:
+        types["entry"] = len(entry_offsets)
     if revocations:
         types["revocation"] = len(revocations)
     return ScannedBundle(
         first,
         joined,
         merkle.root_from_concatenated_hashes(joined) if len(hashes) == TILE_WIDTH else None,
-        ids,
-        tuple(refs),
+        entry_ids,
+        entry_offsets,
+        keys,
         tuple(revocations),
         dict(types),
         dict(authors),
@@ -479,9 +515,9 @@ class LogAuditor:
 
     __slots__ = (
         "_authors",
-        "_bundle_authors",
         "_entries",
         "_hash_types",
+        "_keys",
         "_labels",
         "_origin",
         "_range",
@@ -495,17 +531,16 @@ class LogAuditor:
             raise FormatError("origin must be a non-empty string", field="origin")
         self._origin = origin
         self._range = merkle.CompactRange()
-        self._entries: dict[bytes, bytes] = {}
+        #: entry id -> the entry's leaf index
+        self._entries: dict[bytes, int] = {}
         self._revoked: set[bytes] = set()
         self._types: Counter[str] = Counter()
         self._hash_types: Counter[str] = Counter()
         self._reasons: Counter[str] = Counter()
         self._labels: Counter[str] = Counter()
         self._authors: Counter[str] = Counter()
-        # Entries store their author as a reference into their bundle's list of authors (few
-        # organisations, many entries), so that a worker process can build the reference without
-        # knowing the rest of the log (see scan_bundle).
-        self._bundle_authors: dict[int, list[str]] = {}
+        #: per bundle (leaf index >> 8), its entries' hash keys and authors
+        self._keys: dict[int, EntryKeys] = {}
 
     @property
     def origin(self) -> str:
@@ -603,30 +638,30 @@ class LogAuditor:
     def _add_fast(self, s: ScannedBundle) -> bool:
         """Apply a clean bundle if every log-level check passes; False (nothing changed) if not."""
         entries = self._entries
-        new = s.entries
+        n = len(s.entry_offsets)
+        new = dict(zip(map(s.entry_ids.__getitem__, _ID_SLICES[:n]),
+                       map(s.first.__add__, s.entry_offsets), strict=True))
+        # an id used twice in the bundle, or one an earlier entry used (rare: the audit fails)
+        if len(new) != n or not entries.keys().isdisjoint(new):
+            return False
         revoked: list[bytes] = []
         for _offset, author, detail in s.revocations:
             target, ref_key, role = detail[1], detail[4], detail[5]
             tid = bytes.fromhex(target)
             # An entry of this bundle is earlier than the revocation: scan_bundle checked that.
-            key = entries.get(tid) or new.get(tid)
-            if key is None or tid in self._revoked or key[:-7] != ref_key:
+            index = entries.get(tid)
+            if index is None:
+                index = new.get(tid)
+            if index is None or tid in self._revoked:
                 return False
-            if role == "author" and self._author_of(key, s) != author:
+            key, entry_author = self._key_of(index, s)
+            if key != ref_key or (role == "author" and entry_author != author):
                 return False
             revoked.append(tid)
-        # One pass over the (large) dict: setdefault adds the new ids and keeps any earlier
-        # entry; then the size tells whether an id was used before (rare: the audit fails).
-        before = len(entries)
-        deque(map(entries.setdefault, new.keys(), new.values()), maxlen=0)
-        if len(entries) != before + len(new):
-            for rid, value in new.items():
-                if entries[rid] is value:  # added just now, not an earlier entry's
-                    del entries[rid]
-            return False
+        entries.update(new)
+        if n:
+            self._keys[s.first >> 8] = s.keys
         self._revoked.update(revoked)
-        if s.authors_table:
-            self._bundle_authors[s.first >> 8] = list(s.authors_table)
         self._types.update(s.record_types)
         self._authors.update(s.authors)
         self._hash_types.update(s.hash_types)
@@ -639,12 +674,12 @@ class LogAuditor:
             self._range.extend([hashes[i : i + 32] for i in range(0, len(hashes), 32)])
         return True
 
-    def _author_of(self, key: bytes, pending: ScannedBundle | None = None) -> str:
-        """The author of the entry whose stored value is ``key`` (see _add_entry)."""
-        bundle = int.from_bytes(key[-7:-1], "big")
+    def _key_of(self, index: int, pending: ScannedBundle | None = None) -> tuple[bytes, str]:
+        """(hash key, author) of the entry at leaf ``index``."""
+        bundle = index >> 8
         if pending is not None and bundle == pending.first >> 8:
-            return pending.authors_table[key[-1]]
-        return self._bundle_authors[bundle][key[-1]]
+            return pending.keys.key_of(index & 0xFF)
+        return self._keys[bundle].key_of(index & 0xFF)
 
     def _apply(self, facts: RecordFacts, index: int) -> None:
         rtype, author, detail = facts
@@ -666,13 +701,11 @@ class LogAuditor:
             )
         if index >= _MAX_AUDIT_LEAVES:
             raise FormatError("an audit holds at most 2**56 leaves", field=f"index {index}")
-        table = self._bundle_authors.setdefault(index >> 8, [])
-        try:
-            position = table.index(author)
-        except ValueError:
-            position = len(table)
-            table.append(author)
-        self._entries[rid] = key + _author_ref(index >> 8, position)
+        keys = self._keys.get(index >> 8)
+        if keys is None or keys.loose is _NO_LOOSE:
+            keys = self._keys[index >> 8] = (keys or EntryKeys())._replace(loose={})
+        keys.loose[index & 0xFF] = (key, author)
+        self._entries[rid] = index
         self._hash_types[hash_type] += 1
         self._labels.update(labels)
 
@@ -681,8 +714,8 @@ class LogAuditor:
         where = f"index {index}"
         prefix = f"leaf {index} of {self._origin}: revocation {rev_id}"
         tid = bytes.fromhex(target)
-        key = self._entries.get(tid)
-        if key is None:
+        entry_index = self._entries.get(tid)
+        if entry_index is None:
             raise VerificationError(
                 f"{prefix} targets {target}, which is not an earlier entry of this log",
                 field=where,
@@ -691,14 +724,15 @@ class LogAuditor:
             raise VerificationError(
                 f"{prefix} targets entry {target}, which is already revoked", field=where
             )
-        if key[:-7] != ref_key:
+        key, entry_author = self._key_of(entry_index)
+        if key != ref_key:
             raise VerificationError(
                 f"{prefix} names hash {ref_type}:{ref_value16}..., which is not the hash of "
                 f"entry {target}",
                 field=where,
             )
         # Only the entry's author may revoke in the "author" role; a coordinator may revoke any.
-        if role == "author" and self._author_of(key) != author:
+        if role == "author" and entry_author != author:
             raise VerificationError(
                 f"{prefix} is in the author role, but {author} is not the author of entry "
                 f"{target}",

@@ -446,7 +446,7 @@ def test_a_bundle_of_one_shape_is_checked_at_once() -> None:
     from protocol import verify
 
     scanned = verify.scan_bundle(_ONE_SHAPE[:256], 0)
-    assert scanned.slow is None and len(scanned.entries) == 256
+    assert scanned.slow is None and len(scanned.entry_offsets) == 256
     run = verify._SHAPES.match_many(_ONE_SHAPE[:256])
     assert run is not None and len(run.ids) == 256 * 16  # learned from the bundle before
     # with a revocation of a later entry of the bundle: the per-leaf path, for its exact error
@@ -455,6 +455,23 @@ def test_a_bundle_of_one_shape_is_checked_at_once() -> None:
     auditor = LogAuditor(ORIGIN)
     with pytest.raises(VerificationError, match="leaf 10"):
         _by_bundles(auditor, leaves)
+
+
+def test_leaves_added_one_by_one_after_a_scanned_partial_bundle() -> None:
+    from protocol import verify
+
+    auditor = LogAuditor(ORIGIN)
+    auditor.add_scanned(verify.scan_bundle(_ONE_SHAPE[:100], 0), lambda: _ONE_SHAPE[:100])
+    # the same bundle goes on leaf by leaf: an entry, then author revocations of an entry from
+    # the scanned part and of the one just added
+    auditor.add(_ONE_SHAPE[100])
+    auditor.add(make_revocation(_ONE_SHAPE[5]))
+    auditor.add(make_revocation(_ONE_SHAPE[100]))
+    with pytest.raises(VerificationError, match="not the author"):
+        auditor.add(make_revocation(_ONE_SHAPE[6], author="z.example", role="author"))
+    s = auditor.summary()
+    assert (s.size, s.entries, s.revoked) == (103, 101, 2)
+    assert verify._NO_LOOSE == {}  # the shared default was not written to
 
 
 def test_bundle_path_takes_the_fast_path_and_keeps_authors_across_bundles() -> None:
