@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from binascii import unhexlify
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -638,27 +638,35 @@ class LogAuditor:
     def _add_fast(self, s: ScannedBundle) -> bool:
         """Apply a clean bundle if every log-level check passes; False (nothing changed) if not."""
         entries = self._entries
-        n = len(s.entry_offsets)
-        new = dict(zip(map(s.entry_ids.__getitem__, _ID_SLICES[:n]),
-                       map(s.first.__add__, s.entry_offsets), strict=True))
-        # an id used twice in the bundle, or one an earlier entry used (rare: the audit fails)
-        if len(new) != n or not entries.keys().isdisjoint(new):
-            return False
+        first, ids, offsets = s.first, s.entry_ids, s.entry_offsets
+        n = len(offsets)
         revoked: list[bytes] = []
         for _offset, author, detail in s.revocations:
             target, ref_key, role = detail[1], detail[4], detail[5]
             tid = bytes.fromhex(target)
-            # An entry of this bundle is earlier than the revocation: scan_bundle checked that.
             index = entries.get(tid)
             if index is None:
-                index = new.get(tid)
+                # An entry of this bundle is earlier than the revocation: scan_bundle checked it.
+                rank = _find_id(ids, tid)
+                index = None if rank < 0 else first + offsets[rank]
             if index is None or tid in self._revoked:
                 return False
             key, entry_author = self._key_of(index, s)
             if key != ref_key or (role == "author" and entry_author != author):
                 return False
             revoked.append(tid)
-        entries.update(new)
+        # One pass over the (large) dict: setdefault adds the new ids and keeps any earlier
+        # entry; then the size tells whether an id was used before or twice in the bundle (rare:
+        # the audit fails), and the ones added are taken out again.
+        before = len(entries)
+        new_ids = map(ids.__getitem__, _ID_SLICES[:n])
+        deque(map(entries.setdefault, new_ids, map(first.__add__, offsets)), maxlen=0)
+        if len(entries) != before + n:
+            for rid, index in zip(map(ids.__getitem__, _ID_SLICES[:n]),
+                                  map(first.__add__, offsets), strict=True):
+                if entries.get(rid) == index:  # indexes are unique: this one was added now
+                    del entries[rid]
+            return False
         if n:
             self._keys[s.first >> 8] = s.keys
         self._revoked.update(revoked)
