@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import re
 from binascii import unhexlify
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Annotated, Any, Literal, NamedTuple, TypeAlias
 
@@ -546,6 +547,9 @@ _QUALITY_2 = frozenset(b"%d" % q for q in range(10, 100))
 _HEX, _TIME, _QUALITY = 0, 1, 2  # kinds of cut-out field
 _RUN_LENGTH = 256  # entries per bundle: the most match_many prepares for
 _RUN_SHAPES = 16  # shapes with match_many's tables at once (~130 KB each)
+_PER_LENGTH = 4  # shapes kept per entry length (each one tried costs about a microsecond)
+_MAX_FAILS = 64  # entries in a row that match no shape before EntryShapes rests ...
+_SKIP = 1024  # ... for this many entries
 
 
 class _RunTables(NamedTuple):
@@ -674,8 +678,8 @@ class EntryShapes:
     than the reference. Memory is bounded: at most ``limit`` shapes, emptied when full.
     """
 
-    __slots__ = ("_by_length", "_count", "_learned", "_limit", "_matched", "_missed", "_runs",
-                 "_times")
+    __slots__ = ("_by_length", "_count", "_fails", "_learned", "_limit", "_matched", "_missed",
+                 "_runs", "_skip", "_times")
 
     def __init__(self, limit: int = 1024) -> None:
         self._limit = limit
@@ -683,24 +687,30 @@ class EntryShapes:
         self._count = 0
         self._runs = 0  # shapes with match_many's tables
         self._times: set[bytes] = set()
-        # Learning costs a few scans' worth; when it stops paying (every entry its own shape, say
-        # a distinct source_ref each), only one miss in 16 is learned from.
-        self._learned = self._matched = self._missed = 0
+        # Trying shapes and learning them cost time that only matches pay back. When they stop
+        # paying (every entry its own shape, say a distinct source_ref each): after _MAX_FAILS
+        # misses in a row, the next _SKIP entries are neither tried nor learned from; and only
+        # one miss in 16 is learned from while learning does not lead to matches.
+        self._learned = self._matched = self._missed = self._fails = self._skip = 0
 
     def match(self, data: bytes) -> tuple[EntryFacts, bytes, bytes] | None:
         """(facts, id, hash value) of an entry of a known shape, as ASCII bytes; else None."""
-        shapes = self._by_length.get(len(data))
-        if shapes is None:
-            self._missed += 1
+        if self._skip:
+            self._skip -= 1
             return None
-        for i, shape in enumerate(shapes):
+        for i, shape in enumerate(self._by_length.get(len(data), ())):
             if all(map(data.startswith, shape.segments, shape.offsets)):
                 if i:  # the most recently matched shape is tried first
+                    shapes = self._by_length[len(data)]
                     shapes[0], shapes[i] = shape, shapes[0]
                 break
         else:
             self._missed += 1
+            self._fails += 1
+            if self._fails >= _MAX_FAILS:
+                self._fails, self._skip = 0, _SKIP
             return None
+        self._fails = 0
         part = data.__getitem__
         if b"".join(map(part, shape.hex_slices)).translate(None, _LOWER_HEX):
             return None
@@ -717,7 +727,7 @@ class EntryShapes:
         At most 256 leaves (a bundle). None if there is no such shape or any of them does not
         match it: the caller then goes leaf by leaf.
         """
-        if not leaves or len(leaves) > _RUN_LENGTH:
+        if self._skip or not leaves or len(leaves) > _RUN_LENGTH:
             return None
         lengths = list(map(len, leaves))
         length = lengths[0]
@@ -725,7 +735,7 @@ class EntryShapes:
         if lengths.count(length) == len(lengths):
             positions, run = range(len(leaves)), leaves
         else:
-            length = max(set(lengths), key=lengths.count)
+            length = Counter(lengths).most_common(1)[0][0]
             positions = [i for i, n in enumerate(lengths) if n == length]
             run = [leaves[i] for i in positions]
         shapes = self._by_length.get(length)
@@ -787,7 +797,7 @@ class EntryShapes:
 
     def learn(self, data: bytes, view: EntryView) -> None:
         """Keep the shape of ``data``, which :func:`scan_record` accepted as ``view``."""
-        if self._learned > 64 + self._matched + self._missed // 16:
+        if self._skip or self._learned > 64 + self._matched + self._missed // 16:
             return
         self._learned += 1
         n = _PLAIN_HEX.get(view.hash.type)
@@ -820,7 +830,7 @@ class EntryShapes:
         shapes = self._by_length.setdefault(len(data), [])
         shapes.insert(0, shape)
         self._count += 1
-        if len(shapes) > 8:  # many shapes of one length: keep the recent ones
+        if len(shapes) > _PER_LENGTH:  # many shapes of one length: keep the recent ones
             if shapes.pop().run is not None:
                 self._runs -= 1
             self._count -= 1

@@ -981,3 +981,22 @@ def test_shapes_stay_bounded_and_stop_learning_when_it_does_not_pay() -> None:
         assert isinstance(view, EntryView)
         many.learn(leaf, view)
     assert many._matched == 0 and many._learned <= 64 + 250 // 16 + 1
+
+
+def test_shapes_rest_after_many_misses_and_then_match_again() -> None:
+    shapes = scan.EntryShapes()
+    first = _entry_bytes()
+    view = scan_record(first)
+    assert isinstance(view, EntryView)
+    shapes.learn(first, view)
+    same_shape = _entry_bytes(id="f" * 32)
+    assert shapes.match(same_shape) is not None
+    for i in range(scan._MAX_FAILS):  # entries of no known shape, in a row
+        assert shapes.match(_entry_bytes(provenance__source_ref="x" * (i + 1))) is None
+    # resting: nothing is learned, nothing is tried (not even a known shape)
+    shapes.learn(_entry_bytes(provenance__source_ref="y"), view)
+    assert shapes._count == 1
+    for _ in range(scan._SKIP):
+        assert shapes.match_many([same_shape, first]) is None
+        assert shapes.match(same_shape) is None
+    assert shapes.match(same_shape) is not None  # and then it goes on as before
