@@ -770,8 +770,14 @@ def _scan_file(task: _Task) -> _Scan:
     )
 
 
-def _worker(conn: Connection) -> None:
-    """A worker process: scan each batch of bundles the parent sends, until it sends None."""
+def _worker(conn: Connection, parent_ends: Sequence[Connection] = ()) -> None:
+    """A worker process: scan each batch of bundles the parent sends, until it sends None or
+    closes its end."""
+    # A forked worker holds copies of the parent's ends of its own pipe and of the workers' before
+    # it. Closed here, so that when the parent closes its ends (a failed audit stops early) this
+    # worker reads end-of-file and exits, instead of waiting for a message that never comes.
+    for end in parent_ends:
+        end.close()
     # The objects inherited from the parent are never garbage here: keep the collector from
     # walking them (and so from copying their pages on write) in every full collection.
     gc.freeze()
@@ -816,7 +822,7 @@ def _scans(
     try:
         for _ in range(n):
             mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(theirs,), daemon=True)
+            proc = ctx.Process(target=_worker, args=(theirs, [*conns, mine]), daemon=True)
             proc.start()
             theirs.close()
             conns.append(mine)

@@ -8,6 +8,8 @@ batch and the earlier ones kept under checkpoints/.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import multiprocessing.process
 import os
 import random
 import re
@@ -388,6 +390,30 @@ def test_duplicate_id_in_a_later_bundle(tmp_path: Path, signer: Signer, scan_mod
     write_export(tmp_path, leaves, signer)
     with pytest.raises(VerificationError, match=rf"leaf 300 .*{first['id']} was already used"):
         audit_directory(tmp_path)
+
+
+def test_workers_of_a_failed_audit_exit_by_themselves(
+    tmp_path: Path, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed audit stops reading early. Its workers must see their pipes close and exit, not
+    # wait until they are killed (they held copies of the parent's ends: 5 s each, then SIGTERM).
+    monkeypatch.setattr(audit_module, "_PARALLEL_MIN_LEAVES", 0)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    terminated: list[int | None] = []
+    real_terminate = multiprocessing.process.BaseProcess.terminate
+
+    def spy(self: multiprocessing.process.BaseProcess) -> None:
+        terminated.append(self.pid)
+        real_terminate(self)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "terminate", spy)
+    leaves = make_leaves(2000)
+    leaves[300] = entry(id=json.loads(leaves[5])["id"])
+    write_export(tmp_path, leaves, signer)
+    with pytest.raises(VerificationError, match="leaf 300"):
+        audit_directory(tmp_path)
+    assert terminated == []
+    assert multiprocessing.active_children() == []
 
 
 def test_author_role_checked_across_bundles(
