@@ -31,6 +31,7 @@ import re
 from binascii import unhexlify
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from datetime import date
 from typing import Annotated, Any, Literal, NamedTuple, TypeAlias
 
 import msgspec
@@ -541,6 +542,10 @@ _HEX128_KEYS = (b'"id":"', b'"nonce":"', b'"record":"')
 #: vetting.at and each hop's at
 _TIME_KEYS = (b'"created":"', b'"expires":"', b'"first_seen":"', b'"at":"')
 _TIME_LENGTH = 20  # 2026-11-26T18:53:27Z: the only length records._TIMESTAMP_RE matches
+#: records._TIMESTAMP_RE (ASCII digits) with the hour, minute and second ranges datetime checks
+_TIME_BYTES_RE = re.compile(
+    rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z"
+)
 _LOWER_HEX = b"0123456789abcdef"
 #: two-digit qualities, as canonical JSON writes them (no leading zero), all within 0..100
 _QUALITY_2 = frozenset(b"%d" % q for q in range(10, 100))
@@ -678,8 +683,8 @@ class EntryShapes:
     than the reference. Memory is bounded: at most ``limit`` shapes, emptied when full.
     """
 
-    __slots__ = ("_by_length", "_count", "_fails", "_learned", "_limit", "_matched", "_missed",
-                 "_runs", "_skip", "_times")
+    __slots__ = ("_by_length", "_count", "_days", "_fails", "_learned", "_limit", "_matched",
+                 "_missed", "_runs", "_skip", "_times")
 
     def __init__(self, limit: int = 1024) -> None:
         self._limit = limit
@@ -687,6 +692,7 @@ class EntryShapes:
         self._count = 0
         self._runs = 0  # shapes with match_many's tables
         self._times: set[bytes] = set()
+        self._days: set[bytes] = set()
         # Trying shapes and learning them cost time that only matches pay back. When they stop
         # paying (every entry its own shape, say a distinct source_ref each): after _MAX_FAILS
         # misses in a row, the next _SKIP entries are neither tried nor learned from; and only
@@ -788,11 +794,22 @@ class EntryShapes:
                          (shape.value.stop - shape.value.start) // 2)
 
     def _times_ok(self, times: Iterable[bytes]) -> bool:
+        """Whether every one is a timestamp records accepts (records._check_timestamp)."""
         for t in times:
-            if t not in self._times:
-                if not (t.isascii() and _time(t.decode())):
+            if t in self._times:
+                continue
+            # The pattern takes what records' pattern takes and the clock's ranges; what is left
+            # is the date, and a log has few distinct dates.
+            if _TIME_BYTES_RE.fullmatch(t) is None:
+                return False
+            day = t[:10]
+            if day not in self._days:
+                try:
+                    date(int(t[:4]), int(t[5:7]), int(t[8:10]))
+                except ValueError:
                     return False
-                _remember(self._times, t)
+                _remember(self._days, day)
+            _remember(self._times, t)
         return True
 
     def learn(self, data: bytes, view: EntryView) -> None:

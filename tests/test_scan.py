@@ -940,6 +940,10 @@ def test_entries_that_differ_only_in_their_variable_fields_match() -> None:
     ("author", "x.example"),  # same length, outside the fields
     ("labels", ["ic:A2"]),
     ("provenance__chain__0__at", "2026-01-01T00:00:00Z"),  # same as learned: matches
+    ("created", "2024-02-29T23:59:59Z"),  # a leap day: matches
+    ("created", "2023-02-29T00:00:00Z"),  # not a leap year
+    ("created", "0000-01-01T00:00:00Z"),  # no year 0
+    ("vetting__at", "2026-01-01T23:60:00Z"),
 ])
 def test_each_field_refuses_what_the_reference_refuses(path: str, value: Any) -> None:
     shapes = scan.EntryShapes()
@@ -956,7 +960,7 @@ def test_each_field_refuses_what_the_reference_refuses(path: str, value: Any) ->
     variant = json.dumps(d, separators=(",", ":"), sort_keys=True).encode()
     matched = shapes.match(variant)
     run = shapes.match_many([first, variant])
-    if path.endswith("chain__0__at"):
+    if path.endswith("chain__0__at") or value == "2024-02-29T23:59:59Z":
         assert matched is not None and run is not None
         return
     assert matched is None and (run is None or 1 not in run.positions)
