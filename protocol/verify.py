@@ -502,13 +502,11 @@ class LogAuditor:
     revoke it twice, and with ``role`` "author" must come from the entry's author.
 
     Memory: those revocation checks need every entry's id, so the auditor keeps, per entry, its
-    16-byte id mapped to its hash's key (see _hash_key: at most 37 bytes) and a 7-byte author
-    reference (the entry's bundle and the author's place in that bundle's list of authors), plus
-    the set of revoked ids. In CPython that is about 200-225 bytes per entry (two small ``bytes``
-    objects of 56 and, for a PDQ hash, 80 bytes, and a dict slot; measured: +44 MB peak for a
-    200,000-leaf audit with 16-byte keys, +24 MB per million entries since), so about 225 MB per
-    million entries, plus about 80 MB per million revocations, plus one short list of authors
-    per 256 leaves.
+    16-byte id mapped to its leaf index (a dict slot, a 56-byte ``bytes`` and a 32-byte ``int``
+    in CPython), and per bundle its entries' hash keys and authors (EntryKeys: for one shape, one
+    buffer of the hash values, 32 bytes per PDQ entry), plus the set of revoked ids. That is about
+    170 bytes per entry, estimated from the object sizes (the 1M-entry bench audit peaks at
+    209 MB RSS all told), plus about 80 MB per million revocations.
     Everything else (counts per type, reason, label, author) is bounded by the number of distinct
     values, not by the log size.
     """
