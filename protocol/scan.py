@@ -551,7 +551,7 @@ _LOWER_HEX = b"0123456789abcdef"
 _QUALITY_2 = frozenset(b"%d" % q for q in range(10, 100))
 _HEX, _TIME, _QUALITY = 0, 1, 2  # kinds of cut-out field
 _RUN_LENGTH = 256  # entries per bundle: the most match_many prepares for
-_RUN_SHAPES = 16  # shapes with match_many's tables at once (~130 KB each)
+_RUN_SHAPES = 16  # shapes with match_many's tables at once (~170 KB each)
 _PER_LENGTH = 4  # shapes kept per entry length (each one tried costs about a microsecond)
 _MAX_FAILS = 64  # entries in a row that match no shape before EntryShapes rests ...
 _SKIP = 1024  # ... for this many entries
@@ -659,8 +659,9 @@ class EntryShapes:
     same length that equal a shape everywhere outside those fields and have, in each, a value of
     the field's grammar, with a few C-level comparisons instead of decoding, validating and
     encoding the record again; :meth:`match_many` does the same for a whole bundle's entries at
-    once. Both return None for anything else: the caller scans the record and :meth:`learn` s
-    its shape.
+    once (about 1.3 µs per entry, against 8-12 µs for scan_record on a cold leaf). Both return
+    None for anything else: the caller scans the record and :meth:`learn` s its shape. One
+    instance per process; not thread-safe (it reorders and replaces its shapes as it goes).
 
     Why a match is exact, i.e. is a record :func:`~protocol.records.decode_record` accepts:
 
