@@ -705,6 +705,8 @@ class EntryShapes:
         if self._skip:
             self._skip -= 1
             return None
+        if type(data) is not bytes:  # a bytearray or memoryview: left to scan_record
+            return None
         for i, shape in enumerate(self._by_length.get(len(data), ())):
             if all(map(data.startswith, shape.segments, shape.offsets)):
                 if i:  # the most recently matched shape is tried first
@@ -815,7 +817,8 @@ class EntryShapes:
 
     def learn(self, data: bytes, view: EntryView) -> None:
         """Keep the shape of ``data``, which :func:`scan_record` accepted as ``view``."""
-        if self._skip or self._learned > 64 + self._matched + self._missed // 16:
+        if (self._skip or type(data) is not bytes
+                or self._learned > 64 + self._matched + self._missed // 16):
             return
         self._learned += 1
         n = _PLAIN_HEX.get(view.hash.type)

@@ -967,6 +967,20 @@ def test_each_field_refuses_what_the_reference_refuses(path: str, value: Any) ->
     assert_agree(variant)  # whatever the reference says, scan_record says the same
 
 
+def test_shapes_take_bytes_only() -> None:
+    shapes = scan.EntryShapes()
+    first = _entry_bytes()
+    view = scan_record(first)
+    assert isinstance(view, EntryView)
+    shapes.learn(bytearray(first), view)  # type: ignore[arg-type]  # misuse on purpose
+    assert shapes._count == 0
+    shapes.learn(first, view)
+    other = _entry_bytes(id="e" * 32)
+    assert shapes.match(bytearray(other)) is None  # type: ignore[arg-type]
+    assert shapes.match(memoryview(other)) is None  # type: ignore[arg-type]
+    assert shapes.match(other) is not None
+
+
 def test_shapes_stay_bounded_and_stop_learning_when_it_does_not_pay() -> None:
     shapes = scan.EntryShapes(limit=5)
     leaves = [_entry_bytes(provenance__source_ref="r" * (i + 1)) for i in range(40)]
