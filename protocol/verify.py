@@ -214,6 +214,17 @@ class AuditSummary:
         }
 
 
+#: plain-hex values up to this many digits are their own key (see _hash_key)
+_RAW_KEY_HEX = 64
+
+
+def _raw_key_prefix(hash_type: str) -> bytes | None:
+    """What precedes the value's bytes in _hash_key's exact form for this type; None if the type
+    takes the digest form."""
+    n = _PLAIN_HEX.get(hash_type)
+    return hash_type.encode() + b"\n" if n is not None and n <= _RAW_KEY_HEX else None
+
+
 def _hash_key(hash_type: str, hash_value: str) -> bytes:
     """Bytes standing for an entry's (valid) hash, so a revocation's ``target_hash`` can be
     compared with it.
@@ -225,13 +236,10 @@ def _hash_key(hash_type: str, hash_value: str) -> bytes:
     operator cannot grind a colliding pair). A type name never starts with a zero byte, so the
     two forms cannot collide.
     """
-    n = _PLAIN_HEX.get(hash_type)
-    if n is not None and n <= _RAW_KEY_HEX:
-        return hash_type.encode() + b"\n" + bytes.fromhex(hash_value)
+    prefix = _raw_key_prefix(hash_type)
+    if prefix is not None:
+        return prefix + bytes.fromhex(hash_value)
     return b"\x00" + hashlib.sha256(f"{hash_type}\n{hash_value}".encode()).digest()[:16]
-
-
-_RAW_KEY_HEX = 64  # plain-hex values up to this many digits are their own key
 
 
 #: what the log-level checks need from one record: (type, author, detail), picklable
@@ -411,13 +419,11 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
     shaped = _SHAPES.match_many(entries)
     if shaped is not None:
         facts, size, values = shaped.facts, shaped.value_size, shaped.values
-        if size * 2 <= _RAW_KEY_HEX:  # _hash_key's form: the type's prefix and the value
-            prefix = facts.hash_type.encode() + b"\n"
-        else:
-            prefix = b""
-            values = b"".join(_hash_key(facts.hash_type, values[i : i + size].hex())
-                              for i in range(0, len(values), size))
-            size = len(values) // len(shaped.positions)
+        prefix = _raw_key_prefix(facts.hash_type)
+        if prefix is None:  # the digest form: each value's key, all of one length
+            keys_of = [_hash_key(facts.hash_type, values[i : i + size].hex())
+                       for i in range(0, len(values), size)]
+            prefix, values, size = b"", b"".join(keys_of), len(keys_of[0])
         keys = EntryKeys(bytes(shaped.positions), values, size, prefix, facts.author)
         run_ids = shaped.ids
         facts_count[facts] += len(shaped.positions)
