@@ -18,7 +18,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 
-from node.storage import RecordRow, hash_key
+from node.storage import RecordRow, hash_key, hash_key_prefix
 from protocol import merkle
 from protocol import tiles as tlog
 from protocol.errors import ProtocolError
@@ -67,10 +67,10 @@ def check_bundle(data: bytes, width: int, offset: int, base: int) -> Checked:
     if shaped is not None:
         ids = shaped.ids.hex()
         values = binascii.hexlify(shaped.values)
-        width = shaped.value_size * 2
-        prefix = f"{shaped.facts.hash_type}:".encode()  # hash_key's form, from the bytes
+        size = shaped.value_size * 2  # hex digits per value
+        prefix = hash_key_prefix(shaped.facts.hash_type)  # hash_key, from the bytes
         for k, i in enumerate(shaped.positions):
-            key = sha(prefix + values[k * width : k * width + width]).digest()[:16]
+            key = sha(prefix + values[k * size : k * size + size]).digest()[:16]
             shaped_rows[i] = (base + i, ids[k * 32 : k * 32 + 32], "entry", key, None)
     for i, leaf in enumerate(leaves):
         row = shaped_rows.get(i)
