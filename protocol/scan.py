@@ -671,7 +671,7 @@ class EntryShapes:
       except those fields, and is canonical (RFC 8785) exactly when the accepted record is;
     * each field's new value is valid wherever it stands: ids, nonces and records take any 32
       lowercase hex characters, a plain-hex hash type any n of them (see ``_PLAIN_HEX``), a
-      timestamp any real time of the one length records accepts (checked by ``_time``), a
+      timestamp any real time of the one length records accepts (checked by ``_times_ok``), a
       two-digit quality anything from 10 to 99;
     * no rule of an entry ties one of these fields to another field (the model's cross-field
       rules read media, hash type, quality, labels and vetting only);
