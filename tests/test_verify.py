@@ -474,6 +474,33 @@ def test_leaves_added_one_by_one_after_a_scanned_partial_bundle() -> None:
     assert verify._NO_LOOSE == {}  # the shared default was not written to
 
 
+def test_ids_added_by_bundle_and_leaf_by_leaf_are_found_by_each_other() -> None:
+    from protocol import verify
+
+    # Bundle 0: 100 entries added whole, then 156 leaf by leaf; bundle 1 (whole) revokes one of
+    # each kind, and a later leaf reuses an id of each kind.
+    auditor = LogAuditor(ORIGIN)
+    auditor.add_scanned(verify.scan_bundle(_ONE_SHAPE[:100], 0), lambda: _ONE_SHAPE[:100])
+    auditor.add_many(_ONE_SHAPE[100:256])
+    second = [make_revocation(_ONE_SHAPE[200]), make_revocation(_ONE_SHAPE[50]),
+              *_ONE_SHAPE[256:300]]
+    scanned = verify.scan_bundle(second, 256)
+    assert scanned.slow is None
+
+    def never() -> list[bytes]:
+        raise AssertionError("the fast path should not need the leaves again")
+
+    auditor.add_scanned(scanned, never)
+    assert (auditor.summary().revoked, auditor.size) == (2, 302)
+    for taken in (_ONE_SHAPE[150], _ONE_SHAPE[50], _ONE_SHAPE[280]):
+        with pytest.raises(VerificationError, match="already used"):
+            auditor.add(taken)
+    with pytest.raises(VerificationError, match="already revoked"):
+        auditor.add(make_revocation(_ONE_SHAPE[200]))
+    auditor.add(make_revocation(_ONE_SHAPE[290]))
+    assert (auditor.summary().revoked, auditor.size) == (3, 303)
+
+
 def test_bundle_path_takes_the_fast_path_and_keeps_authors_across_bundles() -> None:
     from protocol.verify import scan_bundle
 
