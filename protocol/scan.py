@@ -29,7 +29,6 @@ from __future__ import annotations
 import itertools
 import re
 from binascii import unhexlify
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
 from functools import cache
@@ -744,10 +743,11 @@ class EntryShapes:
         positions: Sequence[int]
         if lengths.count(length) == len(lengths):
             positions, run = range(len(leaves)), leaves
-        else:
-            length = Counter(lengths).most_common(1)[0][0]
-            positions = [i for i, n in enumerate(lengths) if n == length]
-            run = [leaves[i] for i in positions]
+        else:  # the most common length (the first of equals), picked out at C level
+            length = max(dict.fromkeys(lengths), key=lengths.count)
+            same = list(map(length.__eq__, lengths))
+            positions = list(itertools.compress(range(len(lengths)), same))
+            run = list(itertools.compress(leaves, same))
         shapes = self._by_length.get(length)
         if not shapes or self.match(run[0]) is None:
             return None

@@ -440,8 +440,7 @@ def scan_bundle(entries: Sequence[bytes], first: int) -> ScannedBundle:
         keys = EntryKeys(bytes(shaped.positions), values, size, prefix, facts.author)
         run_ids = shaped.ids
         facts_count[facts] += len(shaped.positions)
-        done = set(shaped.positions)
-        rest = [i for i in rest if i not in done] if len(done) < len(entries) else ()
+        rest = sorted(set(rest).difference(shaped.positions))
     for offset in rest:
         data = entries[offset]
         matched = _SHAPES.match(data)
