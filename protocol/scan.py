@@ -740,14 +740,15 @@ class EntryShapes:
             return None
         lengths = list(map(len, leaves))
         length = lengths[0]
+        common = lengths.count(length)
         positions: Sequence[int]
-        if lengths.count(length) == len(lengths):
+        if common == len(lengths):
             positions, run = range(len(leaves)), leaves
-        else:  # the most common length (the first of equals), picked out at C level
-            length = max(dict.fromkeys(lengths), key=lengths.count)
-            same = list(map(length.__eq__, lengths))
-            positions = list(itertools.compress(range(len(lengths)), same))
-            run = list(itertools.compress(leaves, same))
+        else:
+            if 2 * common <= len(lengths):  # the most common length (the first of equals)
+                length = max(dict.fromkeys(lengths), key=lengths.count)
+            positions = [i for i, n in enumerate(lengths) if n == length]
+            run = list(map(leaves.__getitem__, positions))
         shapes = self._by_length.get(length)
         if not shapes or self.match(run[0]) is None:
             return None
