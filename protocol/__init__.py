@@ -1,15 +1,18 @@
 """hashfed protocol: records, canonical JSON, Merkle logs, signed checkpoints; pure and offline.
 
 Everything an auditor needs to verify a hashfed node's output without trusting it, importable with
-only ``cryptography``, ``pydantic`` and ``msgspec`` installed (no network, no database, no
-asyncio). The names below are the public surface; submodules hold the details and the lower-level
-helpers.
+only ``cryptography``, ``pydantic``, ``msgspec`` and ``numpy`` installed (no network, no database,
+no asyncio). The names below are the public surface; submodules hold the details and the
+lower-level helpers.
 
 Verification functions return ``None`` (or the verified object) or raise a
 :class:`~protocol.errors.ProtocolError`: see :mod:`protocol.errors` for the hierarchy. The export
 auditor is :mod:`protocol.audit` (``python -m protocol.audit DIR``); it is not imported here, so
 that running it as a module does not import it twice.
 """
+
+import importlib as _importlib
+import typing as _typing
 
 from protocol.checkpoint import (
     Checkpoint,
@@ -31,6 +34,7 @@ from protocol.errors import (
     SignatureError,
     VerificationError,
 )
+from protocol.grammar import MAX_RECORD_SIZE
 from protocol.hashtypes import HASH_TYPES, HashType, check_hash
 from protocol.jcs import canonicalize, parse_canonical, parse_json
 from protocol.membership import Member, MembershipState, fold_membership
@@ -43,18 +47,6 @@ from protocol.merkle import (
 )
 from protocol.mirror import VerifiedTree, verify_bundle, verify_tree_tiles
 from protocol.note import Note, Signer, Verifier, open_note, parse_note, sign_note
-from protocol.receipts import Receipt, reshared_entry_fields, verify_receipt_chain
-from protocol.records import (
-    MAX_RECORD_SIZE,
-    Attestation,
-    Entry,
-    Membership,
-    Record,
-    Revocation,
-    decode_record,
-    encode_record,
-    record_from_dict,
-)
 from protocol.scan import (
     AttestationView,
     EntryView,
@@ -75,7 +67,45 @@ from protocol.verify import (
     verify_record,
 )
 
+if _typing.TYPE_CHECKING:
+    from protocol.receipts import Receipt, reshared_entry_fields, verify_receipt_chain
+    from protocol.records import (
+        Attestation,
+        Entry,
+        Membership,
+        Record,
+        Revocation,
+        decode_record,
+        encode_record,
+        record_from_dict,
+    )
+
 __version__ = "0.1.0"
+
+# The record models (and receipts, which build on them) need pydantic, which costs about 0.2 s
+# to import with the models: their names are loaded on first use (PEP 562), so that an offline
+# audit of a clean log, which never builds a model, does not pay for them.
+_LAZY = {
+    **dict.fromkeys(("Receipt", "reshared_entry_fields", "verify_receipt_chain", "receipts"),
+                    "protocol.receipts"),
+    **dict.fromkeys(("Attestation", "Entry", "Membership", "Record", "Revocation",
+                     "decode_record", "encode_record", "record_from_dict", "records"),
+                    "protocol.records"),
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'protocol' has no attribute {name!r}")
+    module = _importlib.import_module(module_name)
+    value = module if module_name.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "HASH_TYPES",

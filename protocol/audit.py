@@ -60,10 +60,9 @@ from protocol.errors import (
     SignatureError,
     VerificationError,
 )
+from protocol.grammar import parse_timestamp
 from protocol.membership import MembershipState
 from protocol.note import Verifier
-from protocol.receipts import Receipt, verify_receipt_chain
-from protocol.records import Entry, Membership, parse_timestamp
 from protocol.tiles import TILE_WIDTH, TileRef
 from protocol.verify import (
     AuditSummary,
@@ -549,6 +548,10 @@ class _Receipts:
         raise SignatureError(f"no --upstream-vkey for the log {origin}")
 
     def finish(self, size: int) -> None:
+        # pydantic (records, receipts) only when there are receipts to check: see scan.py.
+        from protocol.receipts import Receipt, verify_receipt_chain
+        from protocol.records import Entry
+
         for index, path in sorted(self.wanted.items()):
             where = f"receipt {path.name} (leaf {index})"
             if index >= size:
@@ -693,6 +696,8 @@ class _Members:
     """
 
     def __init__(self, root: Path, vkey: str | None) -> None:
+        from protocol.records import Membership  # pydantic: only with a members log
+
         self.summary = audit_directory(root, trusted_vkey=vkey)
         records: list[tuple[int, Membership]] = []
         export = _Export(root)

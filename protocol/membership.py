@@ -47,11 +47,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from protocol.errors import FormatError, ProtocolError, VerificationError
+from protocol.grammar import parse_timestamp
 from protocol.note import Verifier
-from protocol.records import Membership, parse_timestamp
+
+if TYPE_CHECKING:
+    from protocol.records import Membership
 
 __all__ = [
     "Member",
@@ -252,6 +255,8 @@ class MembershipState:
             raise type(e)(f"{where}: {e.message}", field=e.field) from e
 
     def _apply(self, record: Membership) -> MembershipState:
+        from protocol.records import Membership  # pydantic: imported when first needed
+
         if not isinstance(record, Membership):
             raise FormatError("not a membership record", field="type")
         if record.author != self.coordinator:

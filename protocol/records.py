@@ -13,12 +13,7 @@ field is a new record version.
 
 from __future__ import annotations
 
-import functools
-import os
-import re
-import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, Self, TypeAlias
 
 from pydantic import (
@@ -35,62 +30,49 @@ from pydantic import (
 
 from protocol import hashtypes
 from protocol.errors import FormatError, RecordTooLargeError
+from protocol.grammar import (
+    INDUSTRY_CLASSIFICATION,
+    MAX_RECORD_SIZE,
+    RECORD_TYPES,
+    RECORD_VERSION,
+    MemberRole,
+    RevocationReason,
+    _check_label,
+    _check_printable,
+    _check_timestamp,
+    new_nonce,
+    new_record_id,
+    parse_timestamp,
+    timestamp,
+)
 from protocol.jcs import canonicalize
 
-#: Largest canonical encoding of one record, in bytes. Far above any legitimate record (a vPDQ entry
-#: with 100 frames is about 8 KiB) and far below any useful media file.
-MAX_RECORD_SIZE = 16 * 1024
-
-RECORD_VERSION: Literal[1] = 1
-
-# ---------------------------------------------------------------------------------------------
-# Field grammars
-# ---------------------------------------------------------------------------------------------
-
-_TIMESTAMP_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})Z", re.ASCII)
-_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f\u2028\u2029]*")
-_LABEL_NAMESPACE_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
-_LABEL_VALUE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-#: The industry classification: A prepubescent, B pubescent; 1 sex act, 2 lascivious exhibition.
-INDUSTRY_CLASSIFICATION = frozenset({"A1", "A2", "B1", "B2"})
-
-
-def _datetime_of(m: re.Match[str]) -> datetime:
-    y, mo, d, h, mi, s = (int(g) for g in m.groups())
-    return datetime(y, mo, d, h, mi, s, tzinfo=UTC)
-
-
-@functools.lru_cache(maxsize=4096)
-def _check_timestamp(value: str) -> str:
-    # Cached: a bulk import carries the same few timestamps a million times, and building a
-    # datetime is most of the cost of validating a record.
-    m = _TIMESTAMP_RE.fullmatch(value)
-    if m is None:
-        raise ValueError("must be an RFC 3339 UTC time with seconds, like 2026-11-26T18:53:27Z")
-    try:
-        _datetime_of(m)
-    except ValueError as e:
-        raise ValueError(f"is not a real date and time: {e}") from None
-    return value
-
-
-def _check_printable(value: str) -> str:
-    if _PRINTABLE_RE.fullmatch(value) is None:
-        raise ValueError("must not contain control characters")
-    return value
-
-
-def _check_label(value: str) -> str:
-    namespace, sep, name = value.partition(":")
-    if not sep or _LABEL_NAMESPACE_RE.fullmatch(namespace) is None:
-        raise ValueError("a label is 'namespace:value' with a lowercase namespace, like 'ic:A1'")
-    if _LABEL_VALUE_RE.fullmatch(name) is None:
-        raise ValueError("a label value is 1-64 characters of A-Z a-z 0-9 . _ -")
-    if namespace == "ic" and name not in INDUSTRY_CLASSIFICATION:
-        raise ValueError("the 'ic' (industry classification) labels are ic:A1 ic:A2 ic:B1 ic:B2")
-    return value
-
+__all__ = [
+    "INDUSTRY_CLASSIFICATION",
+    "MAX_RECORD_SIZE",
+    "RECORD_TYPES",
+    "RECORD_VERSION",
+    "Attestation",
+    "Entry",
+    "HashRef",
+    "HashValue",
+    "Hop",
+    "MemberRole",
+    "Membership",
+    "Provenance",
+    "Record",
+    "Revocation",
+    "RevocationReason",
+    "Vetting",
+    "decode_record",
+    "encode_record",
+    "entry_from_dict",
+    "new_nonce",
+    "new_record_id",
+    "parse_timestamp",
+    "record_from_dict",
+    "timestamp",
+]
 
 Timestamp: TypeAlias = Annotated[StrictStr, AfterValidator(_check_timestamp)]
 #: 128 random bits as 32 lowercase hex characters (record ids and nonces)
@@ -236,11 +218,6 @@ class Entry(_RecordBase):
         return HashRef(type=self.hash.type, value=self.hash.value)
 
 
-RevocationReason = Literal[
-    "false_positive", "legal_order", "duplicate", "quality", "expired", "other"
-]
-
-
 class Revocation(_RecordBase):
     """Withdraws an earlier entry of the same log, by its record id."""
 
@@ -281,9 +258,6 @@ class Attestation(_RecordBase):
         return self
 
 
-MemberRole = Literal["publisher", "subscriber", "coordinator", "auditor", "witness"]
-
-
 class Membership(_RecordBase):
     """A coordinator's decision about a partner: admitted, key rotated, suspended or removed."""
 
@@ -322,7 +296,6 @@ class Membership(_RecordBase):
 Record: TypeAlias = Annotated[
     Entry | Revocation | Attestation | Membership, Field(discriminator="type")
 ]
-RECORD_TYPES = ("entry", "revocation", "attestation", "membership")
 
 _RECORD_ADAPTER: TypeAdapter[Entry | Revocation | Attestation | Membership] = TypeAdapter(Record)
 
@@ -389,41 +362,3 @@ def decode_record(data: bytes) -> Entry | Revocation | Attestation | Membership:
     if encode_record(record) != data:
         raise FormatError("record is not in RFC 8785 canonical form (or carries null fields)")
     return record
-
-
-# ---------------------------------------------------------------------------------------------
-# Fresh values for new records
-# ---------------------------------------------------------------------------------------------
-
-
-def new_record_id(now: float | None = None) -> str:
-    """A fresh record id: 48-bit Unix time in milliseconds, then 80 random bits (UUIDv7-like).
-
-    Time-ordered so that indexes by record id (the publisher's and every mirror's) grow at their
-    right edge instead of touching a random page per insert; see SPEC.md "Common members".
-    Readers never rely on the structure.
-    """
-    ms = round((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
-    return ms.to_bytes(6, "big").hex() + os.urandom(10).hex()
-
-
-def new_nonce() -> str:
-    """128 random bits for a record nonce."""
-    return os.urandom(16).hex()
-
-
-def timestamp(t: float | None = None) -> str:
-    """An RFC 3339 UTC timestamp with second precision (now, unless ``t`` is given)."""
-    when = datetime.fromtimestamp(time.time() if t is None else t, tz=UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_timestamp(value: str) -> datetime:
-    """The aware datetime of a record timestamp; FormatError when malformed."""
-    try:
-        _check_timestamp(value)
-    except ValueError as e:
-        raise FormatError(f"timestamp {e}") from None
-    m = _TIMESTAMP_RE.fullmatch(value)
-    assert m is not None
-    return _datetime_of(m)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias
 
 from protocol import merkle
 from protocol.checkpoint import Checkpoint, CosignatureVerifier, verify_checkpoint
@@ -36,7 +36,6 @@ from protocol.errors import (
     VerificationError,
 )
 from protocol.note import Verifier
-from protocol.records import Attestation, Entry, Membership, Revocation, decode_record
 from protocol.scan import (
     _PLAIN_HEX,
     EntryFacts,
@@ -60,7 +59,10 @@ __all__ = [
     "verify_record",
 ]
 
-Record = Entry | Revocation | Attestation | Membership
+if TYPE_CHECKING:
+    from protocol.records import Attestation, Entry, Membership, Revocation
+
+    Record: TypeAlias = Entry | Revocation | Attestation | Membership
 
 
 def verify_record(data: bytes) -> Record:
@@ -68,6 +70,9 @@ def verify_record(data: bytes) -> Record:
 
     RecordTooLargeError (a FormatError) for leaves over the size limit.
     """
+    # Imported here: the pydantic models are not needed to audit a clean log (see scan.py).
+    from protocol.records import decode_record
+
     if not isinstance(data, bytes | bytearray):
         raise FormatError("record data must be bytes", field="data")
     return decode_record(bytes(data))

@@ -448,6 +448,40 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+_IMPORTS_PYDANTIC = """
+import sys
+from pathlib import Path
+from protocol.audit import audit_directory
+try:
+    audit_directory(Path(sys.argv[1]))
+    outcome = "pass"
+except Exception as e:
+    outcome = type(e).__name__
+print(outcome, "pydantic" in sys.modules)
+"""
+
+
+def test_a_clean_log_is_audited_without_pydantic(
+    tmp_path: Path, leaves: list[bytes], signer: Signer
+) -> None:
+    # Importing pydantic and building the record models costs ~0.2 s of every audit; a clean
+    # log needs neither (the records are checked by protocol.scan). A record the fast path
+    # refuses goes to the reference decoder, which does import it.
+    def run(root: Path) -> str:
+        out = subprocess.run([sys.executable, "-c", _IMPORTS_PYDANTIC, str(root)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120, check=True)
+        return out.stdout.strip()
+
+    for name in ("clean", "bad"):
+        (tmp_path / name).mkdir()
+    write_export(tmp_path / "clean", leaves, signer)
+    assert run(tmp_path / "clean") == "pass False"
+    bad = list(leaves)
+    bad[10] = bad[10].replace(b'{"author"', b'{ "author"')  # not canonical
+    write_export(tmp_path / "bad", bad, signer)
+    assert run(tmp_path / "bad") == "FormatError True"
+
+
 def test_cli_exit_codes(export: Path, tmp_path: Path) -> None:
     ok = run_cli(str(export))
     assert ok.returncode == 0, ok.stderr
