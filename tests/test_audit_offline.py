@@ -448,6 +448,20 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_files_are_read_whole_with_exact_errors(tmp_path: Path) -> None:
+    read = audit_module._read
+    big = os.urandom(3 * 1024 * 1024 + 7)  # more than one read's worth after the first
+    for name, data in (("empty", b""), ("small", b"x"), ("big", big)):
+        (tmp_path / name).write_bytes(data)
+        assert read(tmp_path / name, "tile") == data
+        assert read(str(tmp_path / name), "tile") == data
+    with pytest.raises(FormatError, match="tile .*gone is missing"):
+        read(tmp_path / "gone", "tile")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(FormatError, match="cannot read tile .*folder"):
+        read(tmp_path / "folder", "tile")
+
+
 _IMPORTS_PYDANTIC = """
 import sys
 from pathlib import Path
