@@ -931,6 +931,31 @@ def test_entries_that_differ_only_in_their_variable_fields_match() -> None:
     assert run.facts == scan.EntryFacts(view.author, "pdq", view.labels)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["entry", "revocation", "short"]), min_size=1, max_size=256))
+def test_match_many_takes_the_entries_of_the_most_common_length(kinds: list[str]) -> None:
+    # Few or many leaves of other lengths (revocations, entries of another shape) anywhere: the
+    # run is every leaf of the most common length (the first of equals), in order.
+    shapes = scan.EntryShapes()
+    first = _entry_bytes()
+    shapes.learn(first, scan_record(first))
+    revocation = encode_record(record_from_dict(_BASES["revocation"]))
+    short = _entry_bytes(labels=[])
+    leaves = [
+        {"entry": _entry_bytes(id=f"{i:032x}"), "revocation": revocation, "short": short}[kind]
+        for i, kind in enumerate(kinds)
+    ]
+    lengths = [len(x) for x in leaves]
+    common = max(dict.fromkeys(lengths), key=lengths.count)
+    run = shapes.match_many(leaves)
+    if common != len(first):
+        assert run is None  # no shape of that length was learned
+        return
+    expected = [i for i, n in enumerate(lengths) if n == common]
+    assert run is not None and list(run.positions) == expected
+    assert run.ids.hex() == "".join(f"{i:032x}" for i in expected)
+
+
 @pytest.mark.parametrize(("path", "value"), [
     ("id", "0123456789ABCDEF0123456789abcdef"),  # upper case
     ("nonce", "0123456789abcdeg0123456789abcdef"),  # not hex
