@@ -56,13 +56,23 @@ __all__ = [
     "Entry",
     "HashRef",
     "HashValue",
+    "Hex128",
     "Hop",
+    "Label",
     "MemberRole",
     "Membership",
+    "OrgId",
+    "Origin",
     "Provenance",
     "Record",
+    "RefText",
     "Revocation",
     "RevocationReason",
+    "ShortText",
+    "Text",
+    "Timestamp",
+    "Url",
+    "VKey",
     "Vetting",
     "decode_record",
     "encode_record",
@@ -73,6 +83,10 @@ __all__ = [
     "record_from_dict",
     "timestamp",
 ]
+
+# ---------------------------------------------------------------------------------------------
+# Field types (their grammars are in protocol.grammar, which needs no pydantic)
+# ---------------------------------------------------------------------------------------------
 
 Timestamp: TypeAlias = Annotated[StrictStr, AfterValidator(_check_timestamp)]
 #: 128 random bits as 32 lowercase hex characters (record ids and nonces)

@@ -775,8 +775,8 @@ class EntryShapes:
         # Every byte outside the fields is the shape's, ...
         if np.bitwise_and(rows, tables.mask).tobytes() != tables.expected:
             return None
-        # ... every hex field is lowercase hex (so unhexlify cannot fail, and gives back these
-        # very characters with .hex()), ...
+        # ... every hex field is lowercase hex (so that .hex() of what unhexlify gives is these
+        # very characters; unhexlify fails only on an odd number of them), ...
         ids = rows[:n, shape.id].tobytes()
         values = rows[:n, shape.value].tobytes()
         hex_fields = [ids, values, *[rows[:, c].tobytes() for c in tables.hex]]

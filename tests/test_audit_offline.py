@@ -455,10 +455,10 @@ def test_files_are_read_whole_with_exact_errors(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(data)
         assert read(tmp_path / name, "tile") == data
         assert read(str(tmp_path / name), "tile") == data
-    with pytest.raises(FormatError, match="tile .*gone is missing"):
+    with pytest.raises(FormatError, match=r"tile .*gone is missing"):
         read(tmp_path / "gone", "tile")
     (tmp_path / "folder").mkdir()
-    with pytest.raises(FormatError, match="cannot read tile .*folder"):
+    with pytest.raises(FormatError, match=r"cannot read tile .*folder"):
         read(tmp_path / "folder", "tile")
 
 

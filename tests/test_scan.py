@@ -938,7 +938,9 @@ def test_match_many_takes_the_entries_of_the_most_common_length(kinds: list[str]
     # run is every leaf of the most common length (the first of equals), in order.
     shapes = scan.EntryShapes()
     first = _entry_bytes()
-    shapes.learn(first, scan_record(first))
+    view = scan_record(first)
+    assert isinstance(view, EntryView)
+    shapes.learn(first, view)
     revocation = encode_record(record_from_dict(_BASES["revocation"]))
     short = _entry_bytes(labels=[])
     leaves = [
