@@ -769,12 +769,9 @@ def _scan_file(task: _Task) -> _Scan:
     """
     path, width, count, first, want_leaves, want_data = task
     try:
-        data = _read_file(path)
-    except OSError:
-        try:
-            data = _read(Path(path), "entry bundle")  # the exact error (or, if it is gone, data)
-        except FormatError as e:
-            return (e.message, e.field), None, None, None
+        data = _read(path, "entry bundle")
+    except FormatError as e:
+        return (e.message, e.field), None, None, None
     try:
         split = tiles.decode_entry_bundle(data, width)
     except FormatError as e:

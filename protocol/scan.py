@@ -587,11 +587,8 @@ class _RunTables(NamedTuple):
     mask: NDArray[np.uint8]
     #: _RUN_LENGTH copies of the shape's bytes with ``mask`` applied
     expected: bytes
-    #: the hex fields other than the id and the hash value, the timestamps, and a two-digit
-    #: quality if cut out
+    #: the hex fields other than the id and the hash value (which are read out on their own)
     hex: tuple[slice, ...]
-    times: tuple[slice, ...]
-    quality: slice | None
 
 
 class _Shape:
@@ -639,8 +636,6 @@ class _Shape:
                 mask,
                 template.tobytes() * _RUN_LENGTH,
                 tuple(s for s in self.hex_slices if s.start not in special),
-                self.time_slices,
-                self.quality,
             )
         return self.run
 
@@ -787,7 +782,7 @@ class EntryShapes:
         except ValueError:  # binascii.Error: a hash type of an odd number of hex digits
             return None
         # ... every timestamp a real time (often one for the whole run), ...
-        for c in tables.times:
+        for c in shape.time_slices:
             column = rows[:, c].tobytes()
             first = column[:_TIME_LENGTH]
             times: Iterable[bytes] = (
@@ -797,8 +792,8 @@ class EntryShapes:
             if not self._times_ok(times):
                 return None
         # ... and every two-digit quality from 10 to 99.
-        if tables.quality is not None:
-            digits = rows[:, tables.quality].tobytes()
+        if shape.quality is not None:
+            digits = rows[:, shape.quality].tobytes()
             if (digits[0::2].translate(None, b"123456789")
                     or digits[1::2].translate(None, b"0123456789")):
                 return None

@@ -306,15 +306,14 @@ _MAX_AUDIT_LEAVES = 1 << 56
 
 # Never written to: picklable empty defaults (a mappingproxy is not picklable).
 _NO_COUNTS: Mapping[str, int] = {}
+#: EntryKeys' default ``loose``: never written to (the auditor replaces it before adding one)
+_NO_LOOSE: dict[int, tuple[bytes, str]] = {}
+
 
 @cache
 def _id_struct(count: int) -> struct.Struct:
     """Splits the concatenation of ``count`` 16-byte ids into them, in one call."""
     return struct.Struct("16s" * count)
-
-
-#: EntryKeys' default ``loose``: never written to (the auditor replaces it before adding one)
-_NO_LOOSE: dict[int, tuple[bytes, str]] = {}
 
 
 class EntryKeys(NamedTuple):
