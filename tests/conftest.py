@@ -17,6 +17,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Every property test runs without a per-example deadline and without the "generation is too
+# slow" health check. Both time single examples on the wall clock, and CI runs on shared,
+# noisy machines: a GC pause or a busy neighbour must not fail a test whose property held.
+# Tests that set their own settings inherit this profile for whatever they leave out.
+settings.register_profile("hashfed", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("hashfed")
 
 POSTGRES_URL_ENV = "HASHFED_TEST_POSTGRES_URL"
 DATABASE_BACKENDS = ("sqlite", "postgresql")
