@@ -9,6 +9,7 @@ other's rows. Without the variable the PostgreSQL variant is skipped locally but
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
@@ -126,7 +127,21 @@ def free_port() -> int:
     on a test machine that is rare enough, and binding port 0 in the server is better where the
     code under test allows it.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports on 127.0.0.1 that were free a moment ago (see ``free_port``).
+
+    All n sockets stay bound until every port is chosen, so the ports differ. Never use a free
+    port plus one instead: Linux hands out odd ports for port 0 and even ones to outgoing
+    connections, so the port next to a free one is where client sockets (and their TIME_WAIT)
+    sit, and binding it fails now and then.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+    return ports

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -169,9 +170,9 @@ async def test_live_audit_of_a_running_node(tmp_path: Path) -> None:
             await client.publish("open", [
                 {"hash_type": "sha256", "hash_value": os.urandom(32).hex()} for _ in range(270)
             ])
-            for _ in range(200):  # the checkpoint is signed by the sequencer, shortly after
-                if (await client.get_json("/v1/sets/open"))["size"] == 270:
-                    break
+            deadline = time.monotonic() + 10  # the sequencer signs shortly after
+            while (await client.get_json("/v1/sets/open"))["size"] != 270:
+                assert time.monotonic() < deadline, "no checkpoint of size 270 within 10 s"
                 await asyncio.sleep(0.05)
         args = cli.parse_args(["audit", "--url", node.url, "--set", "open", "--vkey", node.vkey,
                                "--report", str(tmp_path / "rep")])

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_ports
 from sqlalchemy.engine import make_url
 
 from node.config import NodeConfig, load_config
@@ -502,9 +503,7 @@ def run_healthcheck(port: int) -> int:
 
 
 @pytest.mark.slow
-async def test_entrypoint_runs_compose_topology(
-    database_url: str, tmp_path: Path, free_port: int
-) -> None:
+async def test_entrypoint_runs_compose_topology(database_url: str, tmp_path: Path) -> None:
     """init job (prepare) into a shared dir, then `serve` from private copies, as compose does.
 
     On PostgreSQL two serve processes share the database and the identity, like node-1 and node-2.
@@ -544,7 +543,7 @@ async def test_entrypoint_runs_compose_topology(
     assert r.returncode == 0, r.stderr
     assert (shared / "node.key").read_bytes() == key
 
-    ports = [free_port] if database_url.startswith("sqlite") else [free_port, free_port + 1]
+    ports = free_ports(1 if database_url.startswith("sqlite") else 2)
     procs: list[tuple[subprocess.Popen[bytes], Path, int]] = []
     try:
         for i, port in enumerate(ports):

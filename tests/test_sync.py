@@ -247,9 +247,9 @@ async def test_a_cancelled_sync_resumes_without_gaps_or_duplicates(
             task = asyncio.create_task(sync_once(b, MIRROR, peer=peer))
             await asyncio.wait_for(peer.stalled.wait(), WAIT)
             # bundles 0 and 1 were fetched ahead of the stall; wait until both are written
-            for _ in range(200):
-                if (await b.store.get_set(MIRROR, kind="mirror")).size == 512:
-                    break
+            deadline = time.monotonic() + WAIT
+            while (await b.store.get_set(MIRROR, kind="mirror")).size != 512:
+                assert time.monotonic() < deadline, f"bundles 0 and 1 not written within {WAIT} s"
                 await asyncio.sleep(0.02)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
