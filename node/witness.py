@@ -38,6 +38,7 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy import delete, select, update
 
+from node.backoff import Backoff
 from node.config import NodeConfig
 from node.errors import BadRequest, NodeError, NotFound, SetupError
 from node.storage import SetInfo
@@ -56,6 +57,7 @@ from protocol.checkpoint import (
     CosignatureSigner,
     CosignatureVerifier,
     add_cosignatures,
+    cosignatures,
     parse_checkpoint,
     verify_checkpoint,
 )
@@ -98,6 +100,9 @@ MAX_PROOF_LINES: Final = 63
 MAX_REQUEST: Final = 64 * 1024
 #: seconds one request to a witness may take, connection included
 WITNESS_TIMEOUT: Final = 5.0
+#: a witness that did not answer is asked again after 1, 2, 4 ... up to 60 s (with jitter)
+WITNESS_RETRY_BASE: Final = 1.0
+WITNESS_RETRY_CAP: Final = 60.0
 #: bytes read from a witness's answer at most
 MAX_ANSWER: Final = 64 * 1024
 SIZE_CONTENT_TYPE: Final = "text/x.tlog.size"
@@ -562,11 +567,22 @@ class CosignatureCollector:
 
     One background task per checkpoint; per (witness, origin) the last size the witness reported
     is remembered, so that the next request carries the right old size and consistency proof.
+    A witness that does not answer (network error, timeout, 5xx, 429) is asked again with
+    backoff, for as long as this checkpoint is the set's latest: a set that gets no more writes
+    must still end up cosigned once the witness is back. A refusal is final for that checkpoint.
     """
 
-    def __init__(self, service: Any) -> None:
+    def __init__(
+        self,
+        service: Any,
+        *,
+        retry_base: float = WITNESS_RETRY_BASE,
+        retry_cap: float = WITNESS_RETRY_CAP,
+    ) -> None:
         # NodeService (not imported: node.service must not depend on this module's imports)
         self.service = service
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
         self._known: dict[tuple[str, str], int] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[int]] = set()
@@ -579,6 +595,29 @@ class CosignatureCollector:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def start(self, _app: web.Application | None = None) -> None:
+        """Submit every own checkpoint that lacks a configured witness's cosignature.
+
+        The node signs at start-up what a crash left uncovered before this collector exists, and
+        a crash or stop may have cut a collection short; without this, such a checkpoint would
+        wait for the set's next write to be cosigned.
+        """
+        store: SqlStore = self.service.store
+        peers = await WitnessStore(store).peers()
+        if not peers:
+            return
+        verifiers = [p.verifier for p in peers]
+        for info in await store.list_sets(kind="local"):
+            if info.checkpoint is None:
+                continue
+            note = bytes(info.checkpoint)
+            try:
+                have = cosignatures(note, verifiers)
+            except ProtocolError:
+                have = {}
+            if len(have) < len(verifiers):
+                self.checkpoint_signed(info.name, note)
+
     async def close(self, _app: web.Application | None = None) -> None:
         self._closed = True
         for task in list(self._tasks):
@@ -588,7 +627,8 @@ class CosignatureCollector:
                 await task
 
     async def collect(self, set_name: str, note: bytes) -> int:
-        """Ask every witness to cosign ``note``; store the valid cosignatures; how many."""
+        """Ask every witness to cosign ``note`` until each answered or the note is superseded;
+        store the valid cosignatures as they come; how many were stored."""
         store: SqlStore = self.service.store
         peers = await WitnessStore(store).peers()
         if not peers:
@@ -600,14 +640,41 @@ class CosignatureCollector:
         except (ProtocolError, NodeError):
             log.exception("cannot submit the checkpoint of %s to witnesses", set_name)
             return 0
-        async with _session() as session:
-            found = await asyncio.gather(
-                *(self._one(session, peer, info, note, cp) for peer in peers)
+        verifiers = [p.verifier for p in peers]
+        with contextlib.suppress(ProtocolError):  # a note this node signed parses
+            have = cosignatures(note, verifiers)
+            peers = [p for p, v in zip(peers, verifiers, strict=True) if v.name not in have]
+        backoff = Backoff(self.retry_base, self.retry_cap)
+        stored = 0
+        while peers:
+            async with _session() as session:
+                found = await asyncio.gather(
+                    *(self._one(session, peer, info, note, cp) for peer in peers)
+                )
+            sigs = [s for group in found if group is not None for s in group]
+            if sigs:
+                if not await store_cosignatures(store, set_name, text, sigs):
+                    break  # a later checkpoint replaced this one; its own task asks for it
+                stored += len(sigs)
+            peers = [p for p, group in zip(peers, found, strict=True) if group is None]
+            if not peers:
+                break
+            delay = backoff.next_delay()
+            log.info(
+                "asking %d witness(es) again for %s size %d in %.1f s",
+                len(peers), cp.origin, cp.size, delay,
             )
-        sigs = [s for group in found for s in group]
-        if sigs:
-            await store_cosignatures(store, set_name, text, sigs)
-        return len(sigs)
+            await asyncio.sleep(delay)
+            if not await self._is_latest(set_name, text):
+                break
+        return stored
+
+    async def _is_latest(self, set_name: str, text: bytes) -> bool:
+        try:
+            info = await self.service.store.get_set(set_name)
+        except NotFound:
+            return False
+        return info.checkpoint is not None and split_note(bytes(info.checkpoint))[0] == text
 
     async def _one(
         self,
@@ -616,7 +683,8 @@ class CosignatureCollector:
         info: SetInfo,
         note: bytes,
         cp: Checkpoint,
-    ) -> list[NoteSignature]:
+    ) -> list[NoteSignature] | None:
+        """The witness's valid cosignatures ([] if it refused), or None if it did not answer."""
         key = (peer.name, cp.origin)
         lock = self._locks.setdefault(key, asyncio.Lock())
         text, _ = split_note(note)
@@ -643,8 +711,11 @@ class CosignatureCollector:
                         "witness %s refused %s size %d: %d %s",
                         peer.name, cp.origin, cp.size, status, body[:200].decode(errors="replace"),
                     )
-                    return []
-        except (aiohttp.ClientError, TimeoutError, NodeError, ProtocolError) as e:
+                    return None if status >= 500 or status == 429 else []
+        except (aiohttp.ClientError, TimeoutError) as e:
+            log.warning("witness %s at %s: %s", peer.name, peer.url, e or type(e).__name__)
+            return None
+        except (NodeError, ProtocolError) as e:
             log.warning("witness %s at %s: %s", peer.name, peer.url, e)
         return []
 
@@ -758,5 +829,6 @@ def install_witness(app: web.Application, service: Any) -> CosignatureCollector:
         collector.checkpoint_signed(set_name, note)
 
     sequencer.on_checkpoint = on_checkpoint
+    app.on_startup.append(collector.start)
     app.on_shutdown.append(collector.close)
     return collector

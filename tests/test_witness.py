@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -22,6 +23,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from conftest import free_ports
 from nodeutil import RunningNode, make_node_dir, serving
 
 from node.config import KEY_FILE, NodeConfig, load_signer
@@ -314,6 +317,109 @@ async def test_a_checkpoint_is_cosigned_by_two_witnesses_and_served_with_both(
 
 
 # -- subscribers require a quorum: a split view ---------------------------------------------------
+
+async def _retry_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Wait until the log's collector said it will ask a witness again."""
+    deadline = time.monotonic() + WAIT
+    while not any("witness(es) again" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, f"no witness retry logged within {WAIT} s"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_witness_that_was_down_cosigns_once_it_is_back_without_another_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint is signed while the witness is down, and no write follows: the log keeps
+    asking (with backoff) until the witness answers, so the quiet set still gets cosigned."""
+    caplog.set_level(logging.INFO, logger="hashfed.witness")
+    (port,) = free_ports(1)
+    wcfg = await make_node_dir(tmp_path / "w", origin="node-w.test", org="org-w.test")
+    vkey = create_witness_key(wcfg).verifier().vkey()
+    cfg = await make_node_dir(tmp_path / "a", origin="node-a.test", org="org-a.test")
+    key = set_key(cfg)
+    async with witness_store(wcfg) as ws:
+        await ws.add_log(key.name, key.vkey())
+    async with witness_store(cfg) as ws:
+        await ws.use(f"http://127.0.0.1:{port}", vkey)
+    witness = CosignatureVerifier.from_vkey(vkey)
+    async with serving(cfg) as a:
+        async with a.client() as client:
+            await client.create_set(SET, "clear")
+        await publish(a, 3)
+        await _retry_logged(caplog)  # the first request found nobody listening
+        async with serving(wcfg, f"127.0.0.1:{port}"):
+            note = await wait_for(a, 3, [witness])
+        assert verify_checkpoint(note, key, witnesses=[witness], quorum=1).size == 3
+
+
+async def test_a_restarted_log_submits_the_checkpoint_its_witness_never_cosigned(
+    tmp_path: Path,
+) -> None:
+    """The log stops while its witness is down; at its next start it submits the uncosigned
+    checkpoint by itself, without waiting for a write."""
+    (port,) = free_ports(1)
+    wcfg = await make_node_dir(tmp_path / "w", origin="node-w.test", org="org-w.test")
+    vkey = create_witness_key(wcfg).verifier().vkey()
+    cfg = await make_node_dir(tmp_path / "a", origin="node-a.test", org="org-a.test")
+    key = set_key(cfg)
+    async with witness_store(wcfg) as ws:
+        await ws.add_log(key.name, key.vkey())
+    async with witness_store(cfg) as ws:
+        await ws.use(f"http://127.0.0.1:{port}", vkey)
+    witness = CosignatureVerifier.from_vkey(vkey)
+    async with serving(cfg) as a:
+        async with a.client() as client:
+            await client.create_set(SET, "clear")
+        await publish(a, 4)
+        note = await wait_for(a, 4, [])
+        assert cosignatures(note, [witness]) == {}
+    async with serving(wcfg, f"127.0.0.1:{port}"), serving(cfg) as a:
+        note = await wait_for(a, 4, [witness])
+        assert verify_checkpoint(note, key, witnesses=[witness], quorum=1).size == 4
+
+
+@contextlib.asynccontextmanager
+async def answering(status: int) -> AsyncIterator[tuple[str, list[int]]]:
+    """A loopback server whose add-checkpoint always answers ``status``; yields its URL and the
+    list that grows by one per request."""
+    seen: list[int] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(status)
+        return web.Response(status=status, text="no\n")
+
+    app = web.Application()
+    app.router.add_post("/add-checkpoint", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("status", "retried"), [(503, True), (429, True), (404, False)])
+async def test_a_witness_is_asked_again_after_a_5xx_or_429_and_never_after_a_refusal(
+    tmp_path: Path, status: int, retried: bool
+) -> None:
+    cfg = await make_node_dir(tmp_path / "a", origin="node-a.test", org="org-a.test")
+    vkey = CosignatureSigner.generate("node-w.test/witness").verifier().vkey()
+    async with answering(status) as (url, seen):
+        async with witness_store(cfg) as ws:
+            await ws.use(url, vkey)
+        async with serving(cfg) as a:
+            async with a.client() as client:
+                await client.create_set(SET, "clear")
+            await publish(a, 2)
+            await wait_for(a, 2, [])
+            deadline = time.monotonic() + (WAIT if retried else 2.5)  # retries start within 1 s
+            while time.monotonic() < deadline and len(seen) < 2:
+                await asyncio.sleep(0.05)
+            assert len(seen) >= 2 if retried else seen == [status]
 
 
 @contextlib.asynccontextmanager

@@ -48,7 +48,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import random
 import weakref
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
@@ -58,6 +57,7 @@ from typing import Any, Final, NoReturn
 
 from sqlalchemy import select, update
 
+from node.backoff import Backoff
 from node.config import check_org
 from node.errors import Conflict, NodeError, NotFound, SetupError, Unavailable
 from node.federation.fetch import PeerClient, PeerError
@@ -692,28 +692,3 @@ def _worker_pool() -> concurrent.futures.ProcessPoolExecutor:
     return concurrent.futures.ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn")
     )
-
-
-# -- retry policy ---------------------------------------------------------------------------------
-
-
-class Backoff:
-    """Exponential backoff with jitter, capped: 1, 2, 4 ... ``cap`` seconds, each drawn from
-    [d/2, d] so that many nodes that failed together do not retry together."""
-
-    def __init__(
-        self, base: float = 1.0, cap: float = 300.0, rng: random.Random | None = None
-    ) -> None:
-        self.base = base
-        self.cap = cap
-        self.failures = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        delay: float = min(self.cap, self.base * float(2 ** min(self.failures, 32)))
-        self.failures += 1
-        return delay / 2 + self._rng.random() * delay / 2
-
-    def reset(self) -> None:
-        self.failures = 0
-
