@@ -36,6 +36,14 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
+# Locally each run draws new examples, to find what earlier runs missed. Under CI they derive from
+# each test (derandomize): a main that was green stays green, and a failure found there repeats on
+# the next run instead of passing as a "flake".
+settings.register_profile("hashfed-ci", parent=settings.get_profile("hashfed"), derandomize=True)
+if in_ci():
+    settings.load_profile("hashfed-ci")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Registered here, next to the fixture that applies them, so that --strict-markers accepts them
     # and `-m "not postgresql"` selects the SQLite variants only.
