@@ -572,17 +572,9 @@ class CosignatureCollector:
     must still end up cosigned once the witness is back. A refusal is final for that checkpoint.
     """
 
-    def __init__(
-        self,
-        service: Any,
-        *,
-        retry_base: float = WITNESS_RETRY_BASE,
-        retry_cap: float = WITNESS_RETRY_CAP,
-    ) -> None:
+    def __init__(self, service: Any) -> None:
         # NodeService (not imported: node.service must not depend on this module's imports)
         self.service = service
-        self.retry_base = retry_base
-        self.retry_cap = retry_cap
         self._known: dict[tuple[str, str], int] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[int]] = set()
@@ -644,7 +636,7 @@ class CosignatureCollector:
         with contextlib.suppress(ProtocolError):  # a note this node signed parses
             have = cosignatures(note, verifiers)
             peers = [p for p, v in zip(peers, verifiers, strict=True) if v.name not in have]
-        backoff = Backoff(self.retry_base, self.retry_cap)
+        backoff = Backoff(WITNESS_RETRY_BASE, WITNESS_RETRY_CAP)
         stored = 0
         while peers:
             async with _session() as session:
