@@ -18,6 +18,7 @@ import shutil
 import stat
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -326,30 +327,46 @@ async def _retry_logged(caplog: pytest.LogCaptureFixture) -> None:
         await asyncio.sleep(0.05)
 
 
+@dataclass
+class AbsentWitness:
+    """Log node dir ``cfg`` with a witness configured at ``listen``, where nothing listens yet;
+    the witness's own node dir is ``wcfg`` (serve it on ``listen`` to bring it up)."""
+
+    cfg: NodeConfig
+    wcfg: NodeConfig
+    listen: str
+    key: Verifier
+    witness: CosignatureVerifier
+
+
+async def absent_witness(tmp_path: Path) -> AbsentWitness:
+    (port,) = free_ports(1)
+    wcfg = await make_node_dir(tmp_path / "w", origin="node-w.test", org="org-w.test")
+    witness = create_witness_key(wcfg).verifier()
+    cfg = await make_node_dir(tmp_path / "a", origin="node-a.test", org="org-a.test")
+    key = set_key(cfg)
+    async with witness_store(wcfg) as ws:
+        await ws.add_log(key.name, key.vkey())
+    async with witness_store(cfg) as ws:
+        await ws.use(f"http://127.0.0.1:{port}", witness.vkey())
+    return AbsentWitness(cfg, wcfg, f"127.0.0.1:{port}", key, witness)
+
+
 async def test_a_witness_that_was_down_cosigns_once_it_is_back_without_another_write(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The checkpoint is signed while the witness is down, and no write follows: the log keeps
     asking (with backoff) until the witness answers, so the quiet set still gets cosigned."""
     caplog.set_level(logging.INFO, logger="hashfed.witness")
-    (port,) = free_ports(1)
-    wcfg = await make_node_dir(tmp_path / "w", origin="node-w.test", org="org-w.test")
-    vkey = create_witness_key(wcfg).verifier().vkey()
-    cfg = await make_node_dir(tmp_path / "a", origin="node-a.test", org="org-a.test")
-    key = set_key(cfg)
-    async with witness_store(wcfg) as ws:
-        await ws.add_log(key.name, key.vkey())
-    async with witness_store(cfg) as ws:
-        await ws.use(f"http://127.0.0.1:{port}", vkey)
-    witness = CosignatureVerifier.from_vkey(vkey)
-    async with serving(cfg) as a:
+    w = await absent_witness(tmp_path)
+    async with serving(w.cfg) as a:
         async with a.client() as client:
             await client.create_set(SET, "clear")
         await publish(a, 3)
         await _retry_logged(caplog)  # the first request found nobody listening
-        async with serving(wcfg, f"127.0.0.1:{port}"):
-            note = await wait_for(a, 3, [witness])
-        assert verify_checkpoint(note, key, witnesses=[witness], quorum=1).size == 3
+        async with serving(w.wcfg, w.listen):
+            note = await wait_for(a, 3, [w.witness])
+        assert verify_checkpoint(note, w.key, witnesses=[w.witness], quorum=1).size == 3
 
 
 async def test_a_restarted_log_submits_the_checkpoint_its_witness_never_cosigned(
@@ -357,25 +374,16 @@ async def test_a_restarted_log_submits_the_checkpoint_its_witness_never_cosigned
 ) -> None:
     """The log stops while its witness is down; at its next start it submits the uncosigned
     checkpoint by itself, without waiting for a write."""
-    (port,) = free_ports(1)
-    wcfg = await make_node_dir(tmp_path / "w", origin="node-w.test", org="org-w.test")
-    vkey = create_witness_key(wcfg).verifier().vkey()
-    cfg = await make_node_dir(tmp_path / "a", origin="node-a.test", org="org-a.test")
-    key = set_key(cfg)
-    async with witness_store(wcfg) as ws:
-        await ws.add_log(key.name, key.vkey())
-    async with witness_store(cfg) as ws:
-        await ws.use(f"http://127.0.0.1:{port}", vkey)
-    witness = CosignatureVerifier.from_vkey(vkey)
-    async with serving(cfg) as a:
+    w = await absent_witness(tmp_path)
+    async with serving(w.cfg) as a:
         async with a.client() as client:
             await client.create_set(SET, "clear")
         await publish(a, 4)
         note = await wait_for(a, 4, [])
-        assert cosignatures(note, [witness]) == {}
-    async with serving(wcfg, f"127.0.0.1:{port}"), serving(cfg) as a:
-        note = await wait_for(a, 4, [witness])
-        assert verify_checkpoint(note, key, witnesses=[witness], quorum=1).size == 4
+        assert cosignatures(note, [w.witness]) == {}
+    async with serving(w.wcfg, w.listen), serving(w.cfg) as a:
+        note = await wait_for(a, 4, [w.witness])
+        assert verify_checkpoint(note, w.key, witnesses=[w.witness], quorum=1).size == 4
 
 
 @contextlib.asynccontextmanager
