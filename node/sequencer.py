@@ -12,6 +12,9 @@ Order of durable steps for one batch (see node.storage's contract):
 Concurrent requests for one set are merged into one transaction (fewer fsyncs under load). If a
 merged batch conflicts (e.g. one request revokes an already-revoked entry), each request is retried
 alone so that one bad request cannot fail the others.
+
+``stop()`` never cuts a transaction in half: commits and checkpoints are :mod:`node.shielded`
+calls, which ``stop()`` waits for after cancelling the workers and the ticker.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from node.errors import Conflict
+from node.shielded import ShieldedCalls
 from node.storage import AppendResult, PreparedRecord, Store
 from protocol.checkpoint import Checkpoint, sign_checkpoint
 from protocol.note import Signer
@@ -69,6 +73,8 @@ class Sequencer:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
+        #: commits and checkpoints under way; stop() lets them end instead of cancelling them
+        self._calls = ShieldedCalls()
 
     # -- appends --------------------------------------------------------------------------------
 
@@ -90,7 +96,7 @@ class Sequencer:
                 nxt = queue.get_nowait()
                 batch.append(nxt)
                 count += len(nxt.items)
-            await self._commit(set_name, batch)
+            await self._calls.run(self._commit(set_name, batch))
 
     async def _commit(self, set_name: str, batch: list[_Pending]) -> None:
         merged = [it for p in batch for it in p.items]
@@ -140,7 +146,7 @@ class Sequencer:
                 # Leave the name in _dirty until its checkpoint is stored: if stop() cancels us
                 # mid-signature, stop() still signs it.
                 try:
-                    await self.checkpoint(name)
+                    await self._calls.run(self.checkpoint(name))
                 except Exception:
                     log.exception("signing a checkpoint for %s failed; will retry", name)
                     self._wake.set()
@@ -160,6 +166,9 @@ class Sequencer:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        # What they had under way ends by itself: a commit tells its own callers how it went,
+        # and a checkpoint that failed is signed again just below (its set is still dirty).
+        await self._calls.drain()
         self._workers.clear()
         self._queues.clear()
         self._ticker = None

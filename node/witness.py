@@ -41,6 +41,7 @@ from sqlalchemy import delete, select, update
 from node.backoff import Backoff
 from node.config import NodeConfig
 from node.errors import BadRequest, NodeError, NotFound, SetupError
+from node.shielded import ShieldedCalls
 from node.storage import SetInfo
 from node.storage.schema import (
     checkpoints,
@@ -50,7 +51,7 @@ from node.storage.schema import (
     witness_quorums,
     witness_state,
 )
-from node.storage.sql import SqlStore
+from node.storage.sql import SqlStore, shielded_write
 from protocol import merkle
 from protocol.checkpoint import (
     Checkpoint,
@@ -254,6 +255,7 @@ class WitnessStore:
 
     # -- witnessed logs
 
+    @shielded_write
     async def add_log(self, origin: str, vkey: str) -> None:
         """Witness the log ``origin`` signed by ``vkey`` (replacing its key keeps its state)."""
         verifier = Verifier.from_vkey(vkey)
@@ -295,6 +297,7 @@ class WitnessStore:
             ).scalar()
         return None if note is None else bytes(note)
 
+    @shielded_write
     async def add_checkpoint(
         self, req: AddCheckpointRequest, signer: CosignatureSigner, now: int | None = None
     ) -> WitnessAnswer:
@@ -372,6 +375,7 @@ class WitnessStore:
 
     # -- witnesses this node uses
 
+    @shielded_write
     async def use(self, url: str, vkey: str) -> WitnessPeer:
         peer = WitnessPeer(CosignatureVerifier.from_vkey(vkey).name, vkey, url.rstrip("/"))
         async with self.store._write_tx() as conn:
@@ -390,6 +394,7 @@ class WitnessStore:
 
     # -- subscriber quorums
 
+    @shielded_write
     async def require(self, set_name: str, vkeys: Sequence[str], quorum: int) -> QuorumPolicy:
         """Require ``quorum`` of these witnesses for mirror ``set_name`` (``*``: every mirror)."""
         verifiers = tuple(CosignatureVerifier.from_vkey(v) for v in vkeys)
@@ -578,6 +583,8 @@ class CosignatureCollector:
         self._known: dict[tuple[str, str], int] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[int]] = set()
+        #: the cosignatures being stored: close() lets them end (node.shielded says why)
+        self._calls = ShieldedCalls()
         self._closed = False
 
     def checkpoint_signed(self, set_name: str, note: bytes) -> None:
@@ -617,6 +624,7 @@ class CosignatureCollector:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._calls.drain()
 
     async def collect(self, set_name: str, note: bytes) -> int:
         """Ask every witness to cosign ``note`` until each answered or the note is superseded;
@@ -645,7 +653,7 @@ class CosignatureCollector:
                 )
             sigs = [s for group in found if group is not None for s in group]
             if sigs:
-                if not await store_cosignatures(store, set_name, text, sigs):
+                if not await self._calls.run(store_cosignatures(store, set_name, text, sigs)):
                     break  # a later checkpoint replaced this one; its own task asks for it
                 stored += len(sigs)
             peers = [p for p, group in zip(peers, found, strict=True) if group is None]
@@ -712,6 +720,7 @@ class CosignatureCollector:
         return []
 
 
+@shielded_write
 async def store_cosignatures(
     store: SqlStore, set_name: str, text: bytes, sigs: Sequence[NoteSignature]
 ) -> bool:

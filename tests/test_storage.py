@@ -10,7 +10,8 @@ import pytest
 
 from node.errors import Conflict, NotFound, SetupError
 from node.storage import MirrorLeaves, PreparedRecord, hash_key
-from node.storage.sql import SqlStore
+from node.storage.schema import sets
+from node.storage.sql import SqlStore, shielded_write
 from protocol import merkle
 from protocol import tiles as tlog
 from protocol.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint
@@ -402,3 +403,83 @@ async def test_mirror_append_stores_given_whole_blocks_as_they_are(tmp_path: Any
             MirrorLeaves(1, [], b"", [], marker, b"\1" * 32)
     finally:
         await store.close()
+
+
+# -- a cancelled caller never cuts a write transaction in half ------------------------------------
+
+
+@shielded_write
+async def _held_write(
+    store: SqlStore, name: str, entered: asyncio.Event, release: asyncio.Event
+) -> None:
+    """A write transaction that waits for ``release`` after its first statement."""
+    async with store._write_tx() as conn:
+        await conn.execute(
+            sets.insert().values(
+                name=name, origin=f"{ORIGIN}/{name}", tlp="clear", description="",
+                created="2026-01-01T00:00:00Z", size=0, root=merkle.EMPTY_ROOT,
+                checkpoint=None, checkpoint_size=0,
+            )
+        )  # fmt: skip
+        entered.set()
+        await release.wait()
+
+
+async def test_a_cancelled_caller_leaves_its_write_to_end_and_close_waits_for_it(
+    database_url: str,
+) -> None:
+    store = await open_store(database_url)
+    closed = False
+    try:
+        entered, release = asyncio.Event(), asyncio.Event()
+        caller = asyncio.create_task(_held_write(store, "a", entered, release))
+        await asyncio.wait_for(entered.wait(), 10)
+        caller.cancel()  # mid-transaction: the caller stops, the transaction does not
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        release.set()
+        await asyncio.wait_for(store.writes.drain(), 10)
+        assert (await store.get_set("a")).name == "a"  # committed, not cut and rolled back
+        # the write lock is free again at once (it was held for the busy timeout, 30 s)
+        await asyncio.wait_for(store.create_set("b", ORIGIN + "/b", "clear", ""), 5)
+
+        entered, release = asyncio.Event(), asyncio.Event()
+        caller = asyncio.create_task(_held_write(store, "c", entered, release))
+        await asyncio.wait_for(entered.wait(), 10)
+        caller.cancel()
+        closing = asyncio.create_task(store.close())
+        await asyncio.sleep(0.1)
+        assert not closing.done(), "close() did not wait for the write under way"
+        release.set()
+        await asyncio.wait_for(closing, 10)
+        closed = True
+    finally:
+        if not closed:
+            await store.close()
+    store = await SqlStore.open(database_url)
+    try:
+        assert (await store.get_set("c")).name == "c"
+    finally:
+        await store.close()
+
+
+def test_every_write_transaction_is_a_shielded_write() -> None:
+    """Every function that opens ``_write_tx`` carries ``@shielded_write`` (see its docstring)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "node"
+    found, missing = [], []
+    for path in sorted(root.rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.AsyncFunctionDef) or fn.name == "_write_tx":
+                continue
+            uses = (n for n in ast.walk(fn) if isinstance(n, ast.Attribute))
+            if not any(n.attr == "_write_tx" for n in uses):
+                continue
+            names = {d.id for d in fn.decorator_list if isinstance(d, ast.Name)}
+            found.append(fn.name)
+            if "shielded_write" not in names:
+                missing.append(f"{path.relative_to(root.parent)}: {fn.name}")
+    assert len(found) >= 20  # the check sees the store's writers
+    assert missing == []

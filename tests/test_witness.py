@@ -613,3 +613,48 @@ async def test_witness_key_file_and_cli(
         assert policy is not None and policy.quorum == 1
         with pytest.raises(Exception, match="quorum"):
             await ws.require("*", [vkey], 2)
+
+
+async def test_a_node_stopping_while_it_stores_cosignatures_lets_that_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping the node cancels its collections, but not a store of cosignatures under way
+    (node.shielded says why): the stopped node's checkpoint carries the cosignature."""
+    from node import witness as witness_module
+
+    real = witness_module.store_cosignatures
+    entered, release, outcomes = asyncio.Event(), asyncio.Event(), []
+
+    async def held(*args: Any) -> bool:
+        entered.set()
+        try:
+            await release.wait()
+            ok = await real(*args)
+        except asyncio.CancelledError:
+            outcomes.append("cancelled")
+            raise
+        outcomes.append("done")
+        return ok
+
+    monkeypatch.setattr(witness_module, "store_cosignatures", held)
+    async with witness_node(tmp_path / "w", "node-w.test") as (w, vkey):
+        cfg = await make_node_dir(tmp_path / "a", origin="node-a.test", org="org-a.test")
+        key = set_key(cfg)
+        async with witness_store(w.cfg) as ws:
+            await ws.add_log(key.name, key.vkey())
+        async with witness_store(cfg) as ws:
+            await ws.use(w.url, vkey)
+        async with serving(cfg) as a:
+            async with a.client() as client:
+                await client.create_set(SET, "clear")
+            await publish(a, 2)
+            await asyncio.wait_for(entered.wait(), WAIT)
+            asyncio.get_running_loop().call_later(0.3, release.set)  # while the node stops
+        assert outcomes == ["done"]
+    service = await NodeService.open(cfg)
+    try:
+        note = (await service.store.get_set(SET)).checkpoint
+    finally:
+        await service.close()
+    assert note is not None
+    assert list(cosignatures(note, [CosignatureVerifier.from_vkey(vkey)])) == [vkey.split("+")[0]]

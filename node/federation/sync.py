@@ -68,7 +68,7 @@ from node.service import NodeService, check_set_name, check_tlp
 from node.storage import MirrorLeaves, SetInfo
 from node.storage.federation import FederationStore
 from node.storage.schema import sets
-from node.storage.sql import SqlStore
+from node.storage.sql import SqlStore, shielded_write
 from node.witness import verify_mirror_checkpoint
 from protocol import merkle
 from protocol import tiles as tlog
@@ -337,6 +337,7 @@ async def list_subscriptions(store: SqlStore) -> list[MirrorStatus]:
     return [MirrorStatus(i, *status.get(i.name, (None, None))) for i in infos]
 
 
+@shielded_write
 async def _record_attempt(store: SqlStore, name: str, error: str | None) -> None:
     async with store._write_tx() as conn:
         await conn.execute(

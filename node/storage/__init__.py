@@ -22,6 +22,10 @@ Contract of :class:`Store` (every backend must keep all of it):
   call) is not appended again; its result says ``duplicate`` with the existing index.
 * **Checkpoints follow the tree.** ``store_checkpoint`` signs exactly the stored (size, root), and
   only when the size grew past the last checkpoint; checkpoints are kept forever.
+* **Cancelling a caller does not cut a write.** A write call that has started runs to its commit or
+  rollback even if the task awaiting it is cancelled (the caller sees ``CancelledError`` at once),
+  and ``close`` waits for such writes before it releases the database (SqlStore:
+  ``shielded_write``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any, cast
 from sqlalchemy import delete, func, select
 
 from node.storage.schema import seen_nonces, set_grants, trust
-from node.storage.sql import SqlStore
+from node.storage.sql import SqlStore, shielded_write
 from protocol.records import timestamp
 
 __all__ = ["TRUST_KINDS", "FederationStore", "TrustAnchor"]
@@ -50,6 +50,7 @@ class FederationStore:
 
     # -- trust ----------------------------------------------------------------------------------
 
+    @shielded_write
     async def add_trust(self, org: str, kind: str, url: str, vkey: str) -> TrustAnchor:
         if kind not in TRUST_KINDS:
             raise ValueError(f"unknown trust kind {kind!r}")
@@ -61,6 +62,7 @@ class FederationStore:
             )
         return TrustAnchor(org, kind, url, vkey, created)
 
+    @shielded_write
     async def remove_trust(self, org: str, kind: str) -> bool:
         async with self.store._write_tx() as conn:
             result = await conn.execute(
@@ -82,6 +84,7 @@ class FederationStore:
     async def _local_set_id(self, set_name: str) -> int:
         return (await self.store.get_set(set_name, kind="local")).id
 
+    @shielded_write
     async def grant(self, set_name: str, org: str) -> bool:
         """Let ``org`` read ``set_name``; False if it already could."""
         set_id = await self._local_set_id(set_name)
@@ -98,6 +101,7 @@ class FederationStore:
             await conn.execute(set_grants.insert().values(set_id=set_id, org=org))
         return True
 
+    @shielded_write
     async def revoke_grant(self, set_name: str, org: str) -> bool:
         """Withdraw a grant; False if there was none."""
         set_id = await self._local_set_id(set_name)
@@ -157,14 +161,7 @@ class FederationStore:
             batch, self._pending = self._pending[:_NONCE_BATCH], self._pending[_NONCE_BATCH:]
             rows = list({(k, n): (k, n, e) for k, n, e, _ in reversed(batch)}.values())
             try:
-                async with self.store._write_tx() as conn:
-                    result = await conn.exec_driver_sql(
-                        "INSERT INTO seen_nonces (keyid, nonce, expires) VALUES "
-                        f"{self.store._value_rows(len(rows), 3)}"
-                        " ON CONFLICT (keyid, nonce) DO NOTHING RETURNING keyid, nonce",
-                        tuple(v for row in rows for v in row),
-                    )
-                    fresh = {(str(k), str(n)) for k, n in cast(Any, result).all()}
+                fresh = await self._insert_nonces(rows)
             except Exception as e:
                 for *_, done in batch:
                     if not done.done():
@@ -182,6 +179,21 @@ class FederationStore:
                 if not done.done():
                     done.set_result(ok)
 
+    # Not the flusher itself: remember_nonce starts a new flusher when the last one is done, and a
+    # shielded flusher ends a step after its loop (a nonce added in between would wait forever).
+    @shielded_write
+    async def _insert_nonces(self, rows: list[tuple[str, str, int]]) -> set[tuple[str, str]]:
+        """Insert the rows; the (keyid, nonce) pairs that were not stored before."""
+        async with self.store._write_tx() as conn:
+            result = await conn.exec_driver_sql(
+                "INSERT INTO seen_nonces (keyid, nonce, expires) VALUES "
+                f"{self.store._value_rows(len(rows), 3)}"
+                " ON CONFLICT (keyid, nonce) DO NOTHING RETURNING keyid, nonce",
+                tuple(v for row in rows for v in row),
+            )
+            return {(str(k), str(n)) for k, n in cast(Any, result).all()}
+
+    @shielded_write
     async def prune_nonces(self, now: int) -> int:
         """Delete nonces whose signatures can no longer be accepted anyway; how many."""
         async with self.store._write_tx() as conn:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 from sqlalchemy import URL, Row, and_, bindparam, event, func, make_url, select, tuple_, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -26,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from node.errors import Conflict, NotFound, SetupError, Unavailable
+from node.shielded import ShieldedCalls
 from node.storage import (
     ATTESTATION_TYPES,
     ENTRY_TYPES,
@@ -74,6 +76,31 @@ def _chunks(seq: Sequence[Any], n: int) -> list[Sequence[Any]]:
     return [seq[i : i + n] for i in range(0, len(seq), n)]
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def shielded_write(
+    fn: Callable[_P, Coroutine[Any, Any, _T]],
+) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    """Decorates every function that opens a write transaction (``_write_tx``): it runs as a
+    shielded call of its store (:mod:`node.shielded`), so a cancelled caller never cuts the
+    transaction in half, and :meth:`SqlStore.close` waits for it. The first argument is the
+    store, or an object whose ``store`` is (FederationStore, WitnessStore).
+
+    :mod:`node.shielded` says what went wrong without it. tests/test_storage.py checks that
+    every function using ``_write_tx`` carries this decorator.
+    """
+
+    @functools.wraps(fn)
+    async def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        owner = args[0]
+        store = owner if isinstance(owner, SqlStore) else cast(Any, owner).store
+        return await cast(SqlStore, store).writes.run(fn(*args, **kwargs))
+
+    return run
+
+
 class SqlStore:
     """A Store on SQLite or PostgreSQL. Build with :meth:`open`; schema via :func:`migrate`."""
 
@@ -88,6 +115,8 @@ class SqlStore:
         self._raw_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._checkpointer = _Checkpointer(url.database or "") if self.is_sqlite else None
+        #: write transactions under way (see shielded_write); close() waits for them
+        self.writes = ShieldedCalls()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -136,6 +165,7 @@ class SqlStore:
             raise SetupError(f"cannot migrate the database: {e}") from e
 
     async def close(self) -> None:
+        await self.writes.drain()
         if self._checkpointer is not None:
             await self._checkpointer.close()
         if self._executor is not None:
@@ -170,6 +200,7 @@ class SqlStore:
 
     # -- sets -----------------------------------------------------------------------------------
 
+    @shielded_write
     async def create_set(self, name: str, origin: str, tlp: str, description: str) -> SetInfo:
         try:
             async with self._write_tx() as conn:
@@ -238,6 +269,7 @@ class SqlStore:
 
     # -- the sequencer's transaction --------------------------------------------------------------
 
+    @shielded_write
     async def append(self, set_name: str, items: Sequence[PreparedRecord]) -> list[AppendResult]:
         if not items:
             return []
@@ -395,6 +427,7 @@ class SqlStore:
 
     # -- mirrors: verified copies of partners' logs -----------------------------------------------
 
+    @shielded_write
     async def create_mirror(
         self,
         name: str,
@@ -422,6 +455,7 @@ class SqlStore:
             raise Conflict(f"already subscribed to {origin}", field="set") from e
         return await self.get_set(name, kind="mirror")
 
+    @shielded_write
     async def append_mirror(
         self,
         name: str,
@@ -537,6 +571,7 @@ class SqlStore:
         hashes = b"".join([run.hashes for run in runs])
         return await self._write_out(conn, set_id, size, rows, leaves, hashes, revoked, blocks)
 
+    @shielded_write
     async def add_pending(self, set_id: int, index: int) -> None:
         """Hold a mirror entry back until it meets its re-share policy (idempotent)."""
         async with self._write_tx() as conn:
@@ -550,6 +585,7 @@ class SqlStore:
             if exists is None:
                 await conn.execute(reshare_pending.insert().values(set_id=set_id, idx=index))
 
+    @shielded_write
     async def drop_pending(self, set_id: int, index: int) -> None:
         async with self._write_tx() as conn:
             await conn.execute(
@@ -567,12 +603,14 @@ class SqlStore:
             )
             return [int(i) for (i,) in rows]
 
+    @shielded_write
     async def set_sync_error(self, name: str, message: str | None) -> None:
         async with self._write_tx() as conn:
             await conn.execute(
                 update(sets).where(sets.c.name == name).values(sync_error=message)
             )
 
+    @shielded_write
     async def add_evidence(
         self,
         origin: str,
@@ -783,6 +821,7 @@ class SqlStore:
             for r in range(rows)
         )
 
+    @shielded_write
     async def store_checkpoint(self, set_name: str, sign: CheckpointSigner) -> bytes | None:
         async with self._write_tx() as conn:
             row = await self._lock_set(conn, set_name)
@@ -925,6 +964,7 @@ class SqlStore:
         async with self._read.connect() as conn:
             return await self._stored_rows(conn, query.order_by(records.c.idx).limit(limit))
 
+    @shielded_write
     async def add_reshare(
         self, set_id: int, index: int, upstream_origin: str, upstream_record: str, receipt: bytes
     ) -> None:
