@@ -8,8 +8,8 @@ final checkpoint at shutdown) waited out the 30 s busy timeout and failed with "
 locked" (about one quick stop in thirty after a write, with a real server). So every write
 transaction runs as a task of its own, awaited shielded (``node.storage.sql.shielded_write``): the
 caller still stops at once, the transaction ends by itself, and the store's ``close`` waits for it
-with :meth:`ShieldedCalls.drain`. The sequencer and the witness collector shield their own steps
-as well, so that callers get their answers and received cosignatures are kept.
+with :meth:`ShieldedCalls.drain`. The sequencer also shields each whole commit and checkpoint, so
+that a commit's callers get their answer and a checkpoint's listeners (push, witnesses) hear of it.
 """
 
 from __future__ import annotations

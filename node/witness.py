@@ -41,7 +41,6 @@ from sqlalchemy import delete, select, update
 from node.backoff import Backoff
 from node.config import NodeConfig
 from node.errors import BadRequest, NodeError, NotFound, SetupError
-from node.shielded import ShieldedCalls
 from node.storage import SetInfo
 from node.storage.schema import (
     checkpoints,
@@ -583,8 +582,6 @@ class CosignatureCollector:
         self._known: dict[tuple[str, str], int] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[int]] = set()
-        #: the cosignatures being stored: close() lets them end (node.shielded says why)
-        self._calls = ShieldedCalls()
         self._closed = False
 
     def checkpoint_signed(self, set_name: str, note: bytes) -> None:
@@ -595,27 +592,19 @@ class CosignatureCollector:
         task.add_done_callback(self._tasks.discard)
 
     async def start(self, _app: web.Application | None = None) -> None:
-        """Submit every own checkpoint that lacks a configured witness's cosignature.
+        """Submit every own checkpoint again; :meth:`collect` asks only the witnesses whose
+        cosignature it lacks.
 
         The node signs at start-up what a crash left uncovered before this collector exists, and
         a crash or stop may have cut a collection short; without this, such a checkpoint would
         wait for the set's next write to be cosigned.
         """
         store: SqlStore = self.service.store
-        peers = await WitnessStore(store).peers()
-        if not peers:
+        if not await WitnessStore(store).peers():
             return
-        verifiers = [p.verifier for p in peers]
         for info in await store.list_sets(kind="local"):
-            if info.checkpoint is None:
-                continue
-            note = bytes(info.checkpoint)
-            try:
-                have = cosignatures(note, verifiers)
-            except ProtocolError:
-                have = {}
-            if len(have) < len(verifiers):
-                self.checkpoint_signed(info.name, note)
+            if info.checkpoint is not None:
+                self.checkpoint_signed(info.name, bytes(info.checkpoint))
 
     async def close(self, _app: web.Application | None = None) -> None:
         self._closed = True
@@ -624,7 +613,6 @@ class CosignatureCollector:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self._calls.drain()
 
     async def collect(self, set_name: str, note: bytes) -> int:
         """Ask every witness to cosign ``note`` until each answered or the note is superseded;
@@ -653,7 +641,7 @@ class CosignatureCollector:
                 )
             sigs = [s for group in found if group is not None for s in group]
             if sigs:
-                if not await self._calls.run(store_cosignatures(store, set_name, text, sigs)):
+                if not await store_cosignatures(store, set_name, text, sigs):
                     break  # a later checkpoint replaced this one; its own task asks for it
                 stored += len(sigs)
             peers = [p for p, group in zip(peers, found, strict=True) if group is None]

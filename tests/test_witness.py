@@ -32,7 +32,7 @@ from node.config import KEY_FILE, NodeConfig, load_signer
 from node.errors import NotFound, SetupError
 from node.federation.sync import subscribe, sync_once
 from node.service import NodeService
-from node.storage.sql import SqlStore
+from node.storage.sql import SqlStore, shielded_write
 from node.witness import (
     AddCheckpointRequest,
     WitnessStore,
@@ -622,14 +622,15 @@ async def test_a_node_stopping_while_it_stores_cosignatures_lets_that_end(
     (node.shielded says why): the stopped node's checkpoint carries the cosignature."""
     from node import witness as witness_module
 
-    real = witness_module.store_cosignatures
+    real = witness_module.store_cosignatures.__wrapped__  # type: ignore[attr-defined]
     entered, release, outcomes = asyncio.Event(), asyncio.Event(), []
 
+    @shielded_write  # the gate sits inside the write, as store_cosignatures' own body does
     async def held(*args: Any) -> bool:
         entered.set()
         try:
             await release.wait()
-            ok = await real(*args)
+            ok: bool = await real(*args)
         except asyncio.CancelledError:
             outcomes.append("cancelled")
             raise
